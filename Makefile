@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv demo test unit bench clean
+
+$(BIN)/funnel: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(BIN)/funnel
+
+venv: $(BIN)/funnel
+
+# A local Apache Kafka (jars from Maven Central) and a demo mirror on SQLite files.
+demo: venv
+	$(BIN)/funnel demo --workdir .demo
+
+# pytest exit code 5 means "no tests collected": that is a failure here, not a pass.
+test: venv
+	$(BIN)/pytest -v --durations=15; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+clean:
+	-$(BIN)/funnel broker stop
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,41 @@
+"""The ``funnel`` command line: thin click commands over the library.
+
+Expected errors (``TimeFunnelError``) become ``Error: …`` and ``Try: …`` on stderr
+with exit code 1 and no traceback; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import click
+
+from funnel import __version__
+from funnel.errors import TimeFunnelError
+
+
+class FunnelGroup(click.Group):
+    """A click group that renders TimeFunnelError as one line plus an optional hint."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except TimeFunnelError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            if exc.hint:
+                click.echo(f"Try: {exc.hint}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=FunnelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="funnel")
+def main() -> None:
+    """timefunnel: a time-delayed mirror for databases, built on Apache Kafka."""
+
+
+def _register() -> None:
+    # Imported here so that `funnel --help` stays fast and the modules stay separate.
+    from funnel.cli import broker, demo
+
+    main.add_command(broker.broker)
+    main.add_command(demo.demo)
+
+
+_register()

@@ -1,0 +1,60 @@
+"""``funnel broker start|stop|status``: the local Apache Kafka for the demo and tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from funnel.broker import LocalBroker
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where the broker keeps data and logs (default: $FUNNEL_STATE_DIR/broker or "
+         "~/.local/state/timefunnel/broker).")
+
+
+@click.group()
+def broker() -> None:
+    """Run a local single-node Apache Kafka (KRaft) from the official jars."""
+
+
+@broker.command()
+@state_dir_option
+@click.option("--port", type=int, default=None, help="Listener port on 127.0.0.1 (default: a free one).")
+def start(state_dir: Path | None, port: int | None) -> None:
+    """Start the broker (once) and print its bootstrap address."""
+    local = LocalBroker(state_dir, port=port)
+    info, started = local.start()
+    verb = "started" if started else "already running"
+    click.echo(f"Apache Kafka {info.version} {verb} (pid {info.pid}), bootstrap {info.bootstrap}",
+               err=True)
+    click.echo(info.bootstrap)
+
+
+@broker.command()
+@state_dir_option
+def stop(state_dir: Path | None) -> None:
+    """Stop the broker cleanly; says so when none runs."""
+    info = LocalBroker(state_dir).stop()
+    if info:
+        click.echo(f"stopped Apache Kafka {info.version} (pid {info.pid}) at {info.bootstrap}")
+    else:
+        click.echo("no broker running")
+
+
+@broker.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(state_dir: Path | None, as_json: bool) -> None:
+    """Say whether a broker runs, where, and which version."""
+    local = LocalBroker(state_dir)
+    info = local.running()
+    if as_json:
+        click.echo(json.dumps({"running": bool(info), **(info.__dict__ if info else
+                                                          {"state_dir": str(local.state_dir)})}))
+    elif info:
+        click.echo(f"running: Apache Kafka {info.version}, pid {info.pid}, bootstrap "
+                   f"{info.bootstrap}, state {info.state_dir}, log {info.log_file}")
+    else:
+        click.echo(f"not running (state dir {local.state_dir})")

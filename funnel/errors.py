@@ -1,0 +1,42 @@
+"""One exception root for everything the operator can be told about.
+
+The CLI turns a ``TimeFunnelError`` into ``Error: <message>`` (plus ``Try: <hint>``
+when there is one) and exit code 1; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class TimeFunnelError(Exception):
+    """Base of all expected errors. ``hint`` says what the operator should do next."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigError(TimeFunnelError):
+    """Bad input from the operator: a malformed duration, time, URL or option."""
+
+
+class BrokerError(TimeFunnelError):
+    """The local broker could not be started, stopped or reached."""
+
+
+class CodecError(TimeFunnelError):
+    """A message in the funnel could not be decoded (malformed or unknown schema)."""
+
+
+class SourceError(TimeFunnelError):
+    """The production database cannot be captured as asked (unknown table, no key...)."""
+
+
+class SinkError(TimeFunnelError):
+    """The mirror database cannot be written as asked."""
+
+
+class FunnelError(TimeFunnelError):
+    """The funnel topic is missing, misconfigured, or has lost events."""
+
+
+class EventsExpiredError(FunnelError):
+    """Events were deleted from the topic before the mirror applied them."""

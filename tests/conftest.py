@@ -1,0 +1,90 @@
+"""Session fixtures: one real Kafka broker and one real PostgreSQL server for all tests.
+
+Kafka: ``FUNNEL_TEST_BOOTSTRAP`` if set; else testcontainers' Kafka module if
+``FUNNEL_TEST_BROKER=testcontainers`` (needs Docker); else the project's own local
+Apache Kafka (``funnel.broker.LocalBroker``) in a temporary state directory.
+PostgreSQL: ``FUNNEL_TEST_POSTGRES`` (a URL) if set; else a private server started
+from the installed binaries (``tests/support/pgserver.py``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+_banner: list[str] = []
+
+
+@dataclass(frozen=True)
+class KafkaEndpoint:
+    bootstrap: str
+    description: str
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaEndpoint:
+    explicit = os.environ.get("FUNNEL_TEST_BOOTSTRAP")
+    if explicit:
+        endpoint = KafkaEndpoint(explicit, f"external broker at {explicit} (FUNNEL_TEST_BOOTSTRAP)")
+        _banner.append(f"kafka: {endpoint.description}")
+        yield endpoint
+        return
+    if os.environ.get("FUNNEL_TEST_BROKER") == "testcontainers":
+        yield from _testcontainers_kafka()
+        return
+    from funnel.broker import LocalBroker
+
+    with tempfile.TemporaryDirectory(prefix="timefunnel-broker-") as state:
+        broker = LocalBroker(state)
+        with broker:
+            info = broker.info
+            endpoint = KafkaEndpoint(info.bootstrap, f"Apache Kafka {info.version} (local KRaft, "
+                                                     f"pid {info.pid}) at {info.bootstrap}")
+            _banner.append(f"kafka: {endpoint.description}")
+            yield endpoint
+
+
+def _testcontainers_kafka():
+    from testcontainers.kafka import KafkaContainer
+
+    with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as container:
+        bootstrap = container.get_bootstrap_server()
+        endpoint = KafkaEndpoint(bootstrap, f"testcontainers Kafka at {bootstrap}")
+        _banner.append(f"kafka: {endpoint.description}")
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka: KafkaEndpoint) -> str:
+    return kafka.bootstrap
+
+
+@pytest.fixture
+def topic_name() -> str:
+    """A fresh, unique topic (funnel) name for each test."""
+    return f"tf-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    explicit = os.environ.get("FUNNEL_TEST_POSTGRES")
+    if explicit:
+        _banner.append(f"postgresql: external server {explicit} (FUNNEL_TEST_POSTGRES)")
+        yield explicit
+        return
+    from tests.support.pgserver import PrivatePostgres
+
+    server = PrivatePostgres().start()
+    _banner.append(f"postgresql: private {server.version} at 127.0.0.1:{server.port}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in _banner:
+        terminalreporter.write_line(line)
