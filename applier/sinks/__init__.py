@@ -1,0 +1,43 @@
+"""Mirror database adapters, one module per database, chosen by URL."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from applier.sinks.base import Sink
+from funnel.errors import ConfigError
+
+__all__ = ["Sink", "open_sink", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:`` URL, read like a ``file:`` URL.
+
+    ``sqlite:///var/db/mirror.db`` is the absolute path ``/var/db/mirror.db``;
+    ``sqlite:mirror.db`` is relative to the working directory.
+    Raises ConfigError for a host part or an empty path.
+    """
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path or parts.query or parts.fragment:
+        raise ConfigError(
+            f"bad SQLite URL {url!r}",
+            hint="Use sqlite:///absolute/path.db or sqlite:relative/path.db",
+        )
+    return parts.path
+
+
+def open_sink(url: str) -> Sink:
+    """Open the mirror database at ``url`` (``sqlite:///path``).
+
+    Raises ConfigError for an unknown or unsupported scheme or a malformed URL, and
+    SinkError if the database cannot be opened.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        # Imported here so that a process using another sink never loads this one.
+        from applier.sinks.sqlite import SqliteSink
+
+        return SqliteSink(sqlite_path(url))
+    raise ConfigError(
+        f"unsupported mirror URL scheme {scheme or '(none)'!r} in {url!r}",
+        hint="Use sqlite:///path/to/mirror.db",
+    )

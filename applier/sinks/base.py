@@ -1,0 +1,35 @@
+"""The contract every mirror database adapter (sink) implements."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from applier.transaction import MirrorPosition, Transaction
+
+
+class Sink(Protocol):
+    """A mirror database that applies whole source transactions with their position.
+
+    The position is stored in the mirror itself, in the same database transaction as
+    the rows it describes, so after any crash the mirror and its position agree.
+    """
+
+    def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None:
+        """The stored position of ``mirror`` for ``funnel``, or None if it never applied.
+
+        Raises SinkError if the state table cannot be read.
+        """
+        ...
+
+    def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
+        """Apply all ``transactions`` in order and store ``position``, in ONE database transaction.
+
+        Returns the number of row changes applied.  On any error nothing of the call is
+        applied (rows and position are rolled back together) and SinkError is raised,
+        naming the table and transaction where possible.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection.  Idempotent."""
+        ...

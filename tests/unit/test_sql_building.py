@@ -1,0 +1,118 @@
+"""SQL text for the SQLite mirror, built from names alone (no database file)."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from applier.sinks.sqlite_sql import (
+    CREATE_STATE_TABLE,
+    STATE_TABLE,
+    create_table_sql,
+    delete_sql,
+    key_indexes,
+    mirror_table_name,
+    position_select_sql,
+    position_upsert_sql,
+    quote_ident,
+    truncate_sql,
+    upsert_sql,
+)
+from funnel.errors import SinkError
+
+
+@pytest.mark.parametrize(
+    ("source", "mirror"),
+    [
+        ("main.orders", "orders"),
+        ("public.orders", "orders"),
+        ("sales.orders", "sales_orders"),
+        ("orders", "orders"),
+        ("sales.order.lines", "sales_order.lines"),  # only the first dot is the schema
+        ("Public.orders", "Public_orders"),  # schema names are matched exactly
+    ],
+)
+def test_mirror_table_name(source: str, mirror: str) -> None:
+    assert mirror_table_name(source) == mirror
+
+
+@pytest.mark.parametrize("source", ["", "main.", f"main.{STATE_TABLE}", STATE_TABLE.upper()])
+def test_mirror_table_name_rejects_empty_and_state_table(source: str) -> None:
+    with pytest.raises(SinkError, match="cannot be mirrored"):
+        mirror_table_name(source)
+
+
+def test_quote_ident_doubles_embedded_quotes() -> None:
+    assert quote_ident("orders") == '"orders"'
+    assert quote_ident('my "odd" name') == '"my ""odd"" name"'
+
+
+def test_quote_ident_rejects_nul() -> None:
+    with pytest.raises(SinkError, match="NUL"):
+        quote_ident("a\x00b")
+
+
+def test_create_table_is_untyped_with_primary_key() -> None:
+    sql = create_table_sql("orders", ["id", "region", "total"], ["region", "id"])
+    assert sql == 'CREATE TABLE "orders" ("id", "region", "total", PRIMARY KEY ("region", "id"))'
+
+
+def test_upsert_updates_every_non_key_column() -> None:
+    sql = upsert_sql("orders", ["id", "name", "total"], ["id"])
+    assert sql == (
+        'INSERT INTO "orders" ("id", "name", "total") VALUES (?, ?, ?) '
+        'ON CONFLICT ("id") DO UPDATE SET "name" = excluded."name", "total" = excluded."total"'
+    )
+
+
+def test_upsert_of_key_only_table_does_nothing_on_conflict() -> None:
+    sql = upsert_sql("tags", ["post", "tag"], ["post", "tag"])
+    assert sql.endswith('ON CONFLICT ("post", "tag") DO NOTHING')
+
+
+def test_delete_matches_every_key_column() -> None:
+    assert delete_sql("lines", ["order_id", "n"]) == 'DELETE FROM "lines" WHERE "order_id" = ? AND "n" = ?'
+
+
+def test_truncate_deletes_without_condition() -> None:
+    assert truncate_sql("orders") == 'DELETE FROM "orders"'
+
+
+@pytest.mark.parametrize("build", [create_table_sql, upsert_sql, key_indexes])
+def test_missing_key_is_rejected(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SinkError, match="no key columns"):
+        build("orders", ["id"], [])
+    with pytest.raises(SinkError, match="key column 'id' is not among"):
+        build("orders", ["name"], ["id"])
+
+
+def test_delete_without_key_is_rejected_not_widened_to_all_rows() -> None:
+    with pytest.raises(SinkError, match="no key columns"):
+        delete_sql("orders", [])
+
+
+def test_key_indexes_follow_key_order() -> None:
+    assert key_indexes("t", ["a", "b", "c"], ["c", "a"]) == (2, 0)
+
+
+def test_generated_statements_run_on_sqlite_with_awkward_names() -> None:
+    table, columns, key = 'my "odd" table', ["select", "a b", "Ünï"], ["select"]
+    db = sqlite3.connect(":memory:")
+    db.execute(create_table_sql(table, columns, key))
+    db.execute(upsert_sql(table, columns, key), ("k", 1, "x"))
+    db.execute(upsert_sql(table, columns, key), ("k", 2, "y"))
+    assert db.execute(f"SELECT * FROM {quote_ident(table)}").fetchall() == [("k", 2, "y")]
+    db.execute(delete_sql(table, key), ("k",))
+    assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone() == (0,)
+
+
+def test_position_upsert_keeps_promotion_columns() -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute(CREATE_STATE_TABLE)
+    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 10, "t1", 100, 100, 0))
+    db.execute(f"UPDATE {STATE_TABLE} SET promoted_at = 5, excluded_txids = '[\"t9\"]'")
+    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 20, "t2", 200, 200, 1))
+    kept = db.execute(f"SELECT next_offset, last_txid, snapshot_done, promoted_at, excluded_txids FROM {STATE_TABLE}")
+    assert kept.fetchall() == [(20, "t2", 1, 5, '["t9"]')]
+    selected = db.execute(position_select_sql(), ("f", "m")).fetchone()
+    assert selected == ("f", "m", "f", 0, 20, "t2", 200, 200, 1)
