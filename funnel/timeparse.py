@@ -1,0 +1,122 @@
+"""Durations and times as operators type them, and as the funnel stores them.
+
+Durations: ``90s``, ``15m``, ``4h``, ``7d``, ``500ms``, ``1h30m``, plain seconds ``30``.
+Times: ISO-8601 with a zone (``2026-11-29T12:00:00Z``, ``...+01:00``), ``now``, or
+relative to now (``-15m``, ``-1h30m``).  Event times are int microseconds since the
+Unix epoch, UTC (``ChangeBatch.commit_ts``).  Pure: ``now`` is always a parameter.
+"""
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+from funnel.errors import ConfigError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+
+# Largest unit first; each unit at most once, in this order ("1h30m", not "30m1h").
+_UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001))
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION = re.compile(
+    "".join(rf"(?:(?P<{unit}>{_NUMBER}){unit})?" for unit, _ in _UNITS)
+)
+_PLAIN_SECONDS = re.compile(_NUMBER)
+_RELATIVE = re.compile(r"(?P<sign>[-+])(?P<duration>.*)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text`` (``90s``, ``15m``, ``4h``, ``7d``, ``500ms``, ``1h30m``, ``30``).
+
+    Raises ConfigError for negative, empty or malformed durations.
+    """
+    stripped = text.strip()
+    if _PLAIN_SECONDS.fullmatch(stripped):
+        return float(stripped)
+    match = _DURATION.fullmatch(stripped)
+    if not stripped or match is None:
+        raise ConfigError(f"malformed duration {text!r}: use e.g. 90s, 15m, 4h, 7d")
+    return sum(float(match[unit]) * scale for unit, scale in _UNITS if match[unit])
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` the way parse_duration reads it, to the millisecond: ``1h30m``, ``500ms``.
+
+    Negative durations get a leading ``-``.  Raises ValueError for inf and nan.
+    """
+    if not math.isfinite(seconds):
+        raise ValueError(f"cannot format duration {seconds!r}")
+    millis = round(abs(seconds) * 1000)
+    if millis == 0:
+        return "0s"
+    parts = []
+    for unit, scale in _UNITS:
+        count, millis = divmod(millis, round(scale * 1000))
+        if count:
+            parts.append(f"{count}{unit}")
+    return ("-" if seconds < 0 else "") + "".join(parts)
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """The UTC instant ``text`` names: ISO-8601 with a zone, ``now``, or ``-15m``-style.
+
+    Relative times count from ``now`` (which must be aware).  Raises ConfigError for
+    a time without a zone (add ``Z`` or an offset) and for anything unreadable.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    stripped = text.strip()
+    if stripped.lower() == "now":
+        return now.astimezone(timezone.utc)
+    relative = _RELATIVE.fullmatch(stripped)
+    if relative:
+        return _relative_time(text, relative, now)
+    try:
+        parsed = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ConfigError(
+            f"malformed time {text!r}: use ISO-8601 with a zone "
+            "(2026-11-29T12:00:00Z) or a time relative to now (-15m, now)"
+        ) from None  # fromisoformat's own message adds nothing for the operator
+    if parsed.tzinfo is None:
+        raise ConfigError(
+            f"time {text!r} has no zone: add Z for UTC or an offset such as +01:00"
+        )
+    return parsed.astimezone(timezone.utc)
+
+
+def _relative_time(text: str, match: re.Match[str], now: datetime) -> datetime:
+    """``now`` shifted by a signed duration. Raises ConfigError if the duration is bad."""
+    try:
+        delta = timedelta(seconds=parse_duration(match["duration"]))
+        moved = now - delta if match["sign"] == "-" else now + delta
+    except ConfigError:
+        raise ConfigError(
+            f"malformed relative time {text!r}: use e.g. -15m, -1h30m, -7d"
+        ) from None
+    except OverflowError:
+        raise ConfigError(f"relative time {text!r} is out of range") from None
+    return moved.astimezone(timezone.utc)
+
+
+def to_micros(dt: datetime) -> int:
+    """Microseconds since the Unix epoch of aware ``dt`` (exact, no float rounding).
+
+    Raises ValueError for a naive datetime.
+    """
+    if dt.tzinfo is None:
+        raise ValueError(f"{dt.isoformat()} has no timezone; cannot place it in UTC")
+    return (dt - EPOCH) // _ONE_MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    """The aware UTC datetime ``micros`` microseconds after the Unix epoch."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def format_time(micros: int) -> str:
+    """ISO-8601 UTC with ``Z``; fractional seconds only when not zero."""
+    dt = from_micros(micros)
+    spec = "microseconds" if dt.microsecond else "seconds"
+    return dt.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
