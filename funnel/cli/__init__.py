@@ -32,10 +32,11 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that `funnel --help` stays fast and the modules stay separate.
-    from funnel.cli import broker, demo
+    from funnel.cli import apply, broker, capture, create, delay, demo, status
 
-    main.add_command(broker.broker)
-    main.add_command(demo.demo)
+    for command in (broker.broker, create.create, capture.capture, apply.apply, delay.delay,
+                    status.status, demo.demo):
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,44 @@
+"""``funnel apply SINK_URL --funnel NAME --mirror ID --delay 4h``: run the delayed applier."""
+from __future__ import annotations
+
+import click
+
+from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, setup_logging,
+                                stop_on_signals)
+from funnel.topic import FunnelAdmin
+
+
+@click.command()
+@click.argument("sink_url")
+@funnel_option
+@click.option("--mirror", "-m", required=True, help="This mirror's id (its position and delay are kept per id).")
+@click.option("--delay", type=DURATION, default=None,
+              help="How far the mirror stays behind production, e.g. 4h [default: the delay last set "
+                   "with `funnel delay`].")
+@click.option("--buffer-rows", type=int, default=100_000, show_default=True,
+              help="Rows held in memory before reading the funnel pauses.")
+@click.option("--verbose", "-v", is_flag=True, help="Log what the applier does.")
+@kafka_options
+def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int, verbose: bool,
+          bootstrap: str | None, settings: tuple[str, ...]) -> None:
+    """Apply the funnel to the mirror at SINK_URL (sqlite:///path), each transaction after its delay."""
+    from applier.applier import Applier, ApplierOptions
+    from applier.sinks import open_sink
+    from funnel.errors import ConfigError
+    from funnel.timeparse import format_duration
+
+    setup_logging(verbose)
+    kafka = kafka_settings(bootstrap, settings)
+    options = ApplierOptions(funnel_name, mirror, delay, buffer_rows=buffer_rows)
+    options.validate()
+    info = FunnelAdmin(kafka).describe(funnel_name)
+    if delay is not None and delay >= info.retention_s:
+        raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s retention "
+                          f"{format_duration(info.retention_s)}: events would expire before they are due")
+    sink = open_sink(sink_url)
+    applier = Applier(kafka, sink, options)
+    stop = stop_on_signals()
+    applier.start()
+    click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
+               f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
+    applier.run(stop)

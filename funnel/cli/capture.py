@@ -1,0 +1,44 @@
+"""``funnel capture SOURCE_URL --funnel NAME``: initial copy, then every committed change."""
+from __future__ import annotations
+
+import click
+
+from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, setup_logging,
+                                stop_on_signals)
+from funnel.topic import FunnelAdmin
+
+
+@click.command()
+@click.argument("source_url")
+@funnel_option
+@click.option("--table", "-t", "tables", multiple=True, help="Capture only this table (repeatable; default: all).")
+@click.option("--rowid-key", is_flag=True,
+              help="SQLite: accept tables without a primary key, keyed by rowid (VACUUM may renumber them).")
+@click.option("--source-name", default=None, help="Name of this source in the events [default: the file name].")
+@click.option("--poll-interval", type=DURATION, default=0.2, show_default=True, help="How often to look for changes.")
+@click.option("--heartbeat", "heartbeat_s", type=DURATION, default=1.0, show_default=True,
+              help="Heartbeat interval while the source is idle.")
+@click.option("--chunk-rows", type=click.IntRange(1), default=1000, show_default=True,
+              help="Rows per Kafka message; larger transactions span several messages.")
+@click.option("--verbose", "-v", is_flag=True, help="Log what the capture does.")
+@kafka_options
+def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool, source_name: str | None,
+            poll_interval: float, heartbeat_s: float, chunk_rows: int, verbose: bool, bootstrap: str | None,
+            settings: tuple[str, ...]) -> None:
+    """Capture the production database at SOURCE_URL (sqlite:///path) into the funnel."""
+    from funnel.control import ControlChannel
+    from producer.capture import Capture, CaptureOptions
+    from producer.publisher import EventPublisher
+    from producer.sources import open_source, source_name_for
+
+    setup_logging(verbose)
+    kafka = kafka_settings(bootstrap, settings)
+    FunnelAdmin(kafka).describe(funnel_name)
+    source = open_source(source_url, list(tables) or None, rowid_key)
+    name = source_name or source_name_for(source_url)
+    publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows)
+    runner = Capture(source, publisher, ControlChannel(kafka, funnel_name),
+                     CaptureOptions(poll_interval_s=poll_interval, heartbeat_interval_s=heartbeat_s))
+    stop = stop_on_signals()
+    click.echo(f"capturing {source_url} into funnel {funnel_name!r} as source {name!r}", err=True)
+    runner.run(stop)

@@ -1,0 +1,120 @@
+"""The control channel: ``<funnel>.control``, a compacted topic of small JSON records.
+
+Keys say what a record is about; the latest value per key is the truth:
+
+- ``delay/<mirror>``    {"delay_s": float, "set_at": µs}       set by the operator
+- ``status/<mirror>``   what a running applier reports about itself (see applier.status)
+- ``producer/<source>`` what a running capture reports about itself
+
+JSON rather than Avro because these records are few, small and read by people with
+kcat as often as by programs.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from funnel.errors import FunnelError
+from funnel.kafka import KafkaSettings, control_topic, kafka_error
+
+READ_TIMEOUT_S = 15.0
+
+
+def delay_key(mirror: str) -> str:
+    return f"delay/{mirror}"
+
+
+def status_key(mirror: str) -> str:
+    return f"status/{mirror}"
+
+
+def producer_key(source: str) -> str:
+    return f"producer/{source}"
+
+
+def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any] | None]:
+    """(key, value) of a control message; a tombstone has value None.
+
+    Raises FunnelError for a record that is not JSON (somebody wrote garbage by hand).
+    """
+    name = key.decode() if key else ""
+    if value is None:
+        return name, None
+    try:
+        return name, json.loads(value)
+    except ValueError as exc:
+        raise FunnelError(f"malformed control record {name!r}: {exc}") from exc
+
+
+class ControlChannel:
+    """Write and read the control topic of one funnel."""
+
+    def __init__(self, kafka: KafkaSettings, funnel: str) -> None:
+        self.kafka = kafka
+        self.funnel = funnel
+        self.topic = control_topic(funnel)
+        self._producer: Producer | None = None
+
+    def write(self, key: str, value: dict[str, Any] | None, flush: bool = True) -> None:
+        """Publish one record (None deletes the key). Raises FunnelError when not delivered."""
+        if self._producer is None:
+            self._producer = Producer(self.kafka.client(**{"linger.ms": 0, "enable.idempotence": True}))
+        errors: list = []
+        payload = None if value is None else json.dumps(value, separators=(",", ":")).encode()
+        self._producer.produce(self.topic, key=key.encode(), value=payload,
+                               on_delivery=lambda err, _msg: err and errors.append(err))
+        if flush:
+            self.flush()
+        if errors:
+            raise FunnelError(f"cannot write control record {key!r} to {self.topic!r}: {errors[0].str()}",
+                              hint=f"check that funnel {self.funnel!r} exists")
+
+    def flush(self) -> None:
+        if self._producer is not None and self._producer.flush(READ_TIMEOUT_S) > 0:
+            raise FunnelError(f"control record to {self.topic!r} not delivered within {READ_TIMEOUT_S:g}s")
+
+    def read_all(self) -> dict[str, dict[str, Any]]:
+        """The latest value of every live key, read from the start to the high watermark."""
+        consumer = Consumer(self.kafka.client(**{
+            "group.id": f"timefunnel-reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "isolation.level": "read_committed"}))
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            partition = TopicPartition(self.topic, 0)
+            low, high = consumer.get_watermark_offsets(partition, timeout=READ_TIMEOUT_S, cached=False)
+            if high <= low:
+                return records
+            consumer.assign([TopicPartition(self.topic, 0, low)])
+            deadline = time.monotonic() + READ_TIMEOUT_S
+            while time.monotonic() < deadline:
+                for msg in consumer.consume(1000, timeout=0.2):
+                    if msg.error():
+                        continue
+                    key, value = decode_record(msg.key(), msg.value())
+                    if value is None:
+                        records.pop(key, None)
+                    else:
+                        records[key] = value
+                    if msg.offset() >= high - 1:
+                        return records
+                if consumer.position([partition])[0].offset >= high:
+                    return records
+            raise FunnelError(f"reading control topic {self.topic!r} timed out")
+        except KafkaException as exc:
+            raise kafka_error(exc, f"cannot read control topic {self.topic!r}") from exc
+        finally:
+            consumer.close()
+
+    def delays(self) -> dict[str, float]:
+        """Every mirror's delay in seconds as the control topic knows it."""
+        return {key.split("/", 1)[1]: float(value["delay_s"])
+                for key, value in self.read_all().items() if key.startswith("delay/")}
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(READ_TIMEOUT_S)
+            self._producer = None

@@ -1,0 +1,272 @@
+"""Publishing source transactions into the funnel, exactly once.
+
+Each call of :meth:`EventPublisher.publish` is one Kafka transaction holding one or
+more whole source transactions, so a reader with ``isolation.level=read_committed``
+sees a source transaction entirely or not at all.  The ``transactional.id`` is derived
+from the funnel and the source: a second producer for the same source fences the
+first, and ``init_transactions`` aborts whatever a crashed predecessor left open.
+After that, the funnel's tail says which source position was published last, and the
+capture resumes after it: nothing lost, nothing doubled.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterable, Iterator
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from funnel import headers
+from funnel.codec import EventCodec
+from funnel.errors import CodecError, FunnelError
+from funnel.events import ChangeBatch, Kind, TableChanges
+from funnel.kafka import KafkaSettings, data_topic, kafka_error
+from producer.sources.base import SourceTransaction
+
+TIMEOUT_S = 30.0
+# Keep each message well under the broker's default message.max.bytes (1 MiB).
+MAX_MESSAGE_BYTES = 900_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
+                      kind: Kind = Kind.CHANGES) -> list[ChangeBatch]:
+    """Split a source transaction into batches of at most ``chunk_rows`` rows, in order.
+
+    Table groups larger than a chunk are cut; ``seq`` counts rows from the start of
+    the transaction so the applier knows when it holds all of it.
+    """
+    total = tx.row_count
+    batches: list[ChangeBatch] = []
+    current: list[TableChanges] = []
+    seq = filled = 0
+
+    def seal() -> None:
+        nonlocal current, seq, filled
+        batches.append(ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, seq, total, kind, current))
+        seq += filled
+        current, filled = [], 0
+
+    for group in tx.changes:
+        if not group.rows:  # truncate, or an empty table announced by a snapshot
+            current.append(group)
+            continue
+        start = 0
+        while start < len(group.rows):
+            take = min(chunk_rows - filled, len(group.rows) - start)
+            current.append(TableChanges(group.table, group.op, group.columns, group.key,
+                                        group.rows[start:start + take]))
+            filled += take
+            start += take
+            if filled >= chunk_rows:
+                seal()
+    if current or not batches:
+        seal()
+    return batches
+
+
+class EventPublisher:
+    """A transactional producer for one source into one funnel."""
+
+    def __init__(self, kafka: KafkaSettings, funnel: str, source: str, chunk_rows: int = 1000,
+                 codec: EventCodec | None = None, clock=now_us) -> None:
+        self.kafka = kafka
+        self.funnel = funnel
+        self.topic = data_topic(funnel)
+        self.source = source
+        self.chunk_rows = chunk_rows
+        self.codec = codec or EventCodec()
+        self.clock = clock
+        self.published_transactions = 0
+        self.published_events = 0
+        self.published_rows = 0
+        self.published_bytes = 0
+        self._producer = Producer(kafka.client(**{
+            "transactional.id": f"timefunnel.{funnel}.{source}",
+            "compression.type": "zstd", "linger.ms": 5, "batch.size": 1_000_000,
+            # A snapshot is one Kafka transaction; give big tables time.
+            "transaction.timeout.ms": 900_000,
+        }))
+        self._started = False
+
+    # -- start and resume -----------------------------------------------------
+    def start(self) -> int | None:
+        """Fence older producers of this source, then return the last published position.
+
+        Returns None when this source never published into the funnel.
+        Raises FunnelError when the funnel does not exist or the broker is unreachable.
+        """
+        try:
+            self._producer.init_transactions(TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"cannot start a transactional producer on funnel {self.funnel!r}") from exc
+        self._started = True
+        return last_published_position(self.kafka, self.funnel, self.source, self.codec)
+
+    # -- publishing -----------------------------------------------------------
+    def publish(self, transactions: Iterable[SourceTransaction]) -> int:
+        """Publish whole source transactions atomically; returns rows published."""
+        return self._in_kafka_transaction(
+            batch for tx in transactions for batch in self._counted(chunk_transaction(tx, self.source, self.chunk_rows)))
+
+    def publish_snapshot(self, position: int, chunks: Iterable[TableChanges]) -> int:
+        """Publish an initial copy (consistent at ``position``) and its end marker in one transaction."""
+        commit_ts = self.clock()
+        txid = f"snapshot-{position}"
+
+        def batches() -> Iterator[ChangeBatch]:
+            seq = 0
+            for group in chunks:
+                rows = len(group.rows)
+                # Each snapshot chunk stands alone (seq + rows == tx_rows): snapshot rows
+                # apply at once, so the applier never needs to hold the whole copy.
+                yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq + rows, Kind.SNAPSHOT, [group])
+                seq += rows
+            yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq, Kind.SNAPSHOT_END, [])
+            self.published_transactions += 1
+
+        return self._in_kafka_transaction(batches())
+
+    def heartbeat(self, position: int) -> None:
+        """Say that the source is idle but alive now, at ``position``."""
+        ts = self.clock()
+        self._in_kafka_transaction([ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT, [])])
+
+    def _counted(self, batches: list[ChangeBatch]) -> list[ChangeBatch]:
+        self.published_transactions += 1
+        return batches
+
+    def _in_kafka_transaction(self, batches: Iterable[ChangeBatch]) -> int:
+        if not self._started:
+            raise FunnelError("EventPublisher.start() must be called before publishing")
+        errors: list = []
+        rows = 0
+        try:
+            self._producer.begin_transaction()
+            for batch in batches:
+                for payload, batch_rows in self._encode_fitting(batch):
+                    self._produce(batch, payload, errors)
+                    rows += batch_rows
+                self._producer.poll(0)
+            self._producer.commit_transaction(TIMEOUT_S)
+        except KafkaException as exc:
+            self._abort_quietly()
+            raise kafka_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
+        except BaseException:
+            self._abort_quietly()
+            raise
+        if errors:
+            raise FunnelError(f"publishing to funnel {self.funnel!r} failed: {errors[0].str()}")
+        self.published_rows += rows
+        return rows
+
+    def _produce(self, batch: ChangeBatch, payload: bytes, errors: list) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value=payload, key=batch.txid.encode(),
+                                       timestamp=batch.commit_ts // 1000, headers=batch_headers(batch),
+                                       on_delivery=lambda err, _m: err and errors.append(err))
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self.published_events += 1
+        self.published_bytes += len(payload)
+
+    def _encode_fitting(self, batch: ChangeBatch) -> list[tuple[bytes, int]]:
+        """Encode a batch; halve it until each part fits in one Kafka message."""
+        payload = self.codec.encode(batch)
+        rows = batch.row_count
+        if len(payload) <= MAX_MESSAGE_BYTES or rows <= 1:
+            if len(payload) > MAX_MESSAGE_BYTES:
+                raise CodecError(f"a single row of {batch.changes[0].table!r} encodes to {len(payload)} bytes, "
+                                 f"more than a Kafka message holds ({MAX_MESSAGE_BYTES})")
+            return [(payload, rows)]
+        return [part for half in split_batch(batch) for part in self._encode_fitting(half)]
+
+    def _abort_quietly(self) -> None:
+        try:
+            self._producer.abort_transaction(TIMEOUT_S)
+        except KafkaException:
+            pass  # the transaction times out on the broker; the next init_transactions fences it
+
+    def close(self) -> None:
+        self._producer.flush(TIMEOUT_S)
+
+
+def batch_headers(batch: ChangeBatch) -> list[tuple[str, bytes]]:
+    """What a reader needs to schedule a message without decoding it (see funnel.headers)."""
+    return headers.encode(batch.commit_ts, batch.kind, batch.row_count, batch.ends_transaction)
+
+
+def split_batch(batch: ChangeBatch) -> list[ChangeBatch]:
+    """Two batches holding the first and second half of ``batch``'s rows, in order."""
+    half = batch.row_count // 2
+    first: list[TableChanges] = []
+    second: list[TableChanges] = []
+    taken = 0
+    for group in batch.changes:
+        if taken >= half:
+            second.append(group)
+            continue
+        take = min(half - taken, len(group.rows))
+        first.append(TableChanges(group.table, group.op, group.columns, group.key, group.rows[:take]))
+        if take < len(group.rows):
+            second.append(TableChanges(group.table, group.op, group.columns, group.key, group.rows[take:]))
+        taken += take
+    tail_tx_rows = batch.tx_rows if batch.kind is not Kind.SNAPSHOT else batch.seq + batch.row_count
+    head_tx_rows = batch.tx_rows if batch.kind is not Kind.SNAPSHOT else batch.seq + half
+    return [ChangeBatch(batch.source, batch.txid, batch.commit_ts, batch.position, batch.seq, head_tx_rows,
+                        batch.kind, first),
+            ChangeBatch(batch.source, batch.txid, batch.commit_ts, batch.position, batch.seq + half,
+                        tail_tx_rows, batch.kind, second)]
+
+
+def last_published_position(kafka: KafkaSettings, funnel: str, source: str,
+                            codec: EventCodec | None = None) -> int | None:
+    """The highest position ``source`` published into the funnel, read from its tail.
+
+    Reads committed messages only, backwards in growing windows from the end, so a
+    long funnel costs a few small reads. Raises FunnelError for an unknown funnel.
+    """
+    codec = codec or EventCodec()
+    topic = data_topic(funnel)
+    consumer = Consumer(kafka.client(**{"group.id": f"timefunnel-tail-{uuid.uuid4().hex}",
+                                        "enable.auto.commit": False, "isolation.level": "read_committed"}))
+    try:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=TIMEOUT_S, cached=False)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"cannot read the tail of funnel {funnel!r}") from exc
+        window = 64
+        end = high
+        while end > low:
+            start = max(low, end - window)
+            found = _max_position_between(consumer, topic, start, end, source, codec)
+            if found is not None:
+                return found
+            end, window = start, window * 4
+        return None
+    finally:
+        consumer.close()
+
+
+def _max_position_between(consumer: Consumer, topic: str, start: int, end: int, source: str,
+                          codec: EventCodec) -> int | None:
+    partition = TopicPartition(topic, 0)
+    consumer.assign([TopicPartition(topic, 0, start)])
+    best: int | None = None
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        for msg in consumer.consume(1000, timeout=0.2):
+            if msg.error() or msg.offset() >= end:
+                continue
+            batch = codec.decode(msg.value())
+            if batch.source == source and (best is None or batch.position > best):
+                best = batch.position
+        # Transaction markers and aborted records leave gaps; the position still advances.
+        if consumer.position([partition])[0].offset >= end:
+            return best
+    raise FunnelError(f"reading funnel {topic!r} offsets {start}..{end} timed out")

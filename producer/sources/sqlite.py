@@ -1,0 +1,619 @@
+"""Change capture from a production SQLite file that an application keeps writing.
+
+How it works
+------------
+``install()`` puts AFTER INSERT/UPDATE/DELETE triggers on every captured table.
+Each trigger appends one row to ``_timefunnel_changelog`` inside the application's
+own write transaction, so a change is in the changelog exactly when it is committed.
+``seal()`` cuts the changelog into groups (our source transactions), ``transactions_after``
+reads them back, ``acknowledge`` deletes what is safely in Kafka, and ``snapshot``
+makes the consistent initial copy that the changes continue from.
+
+Row images are stored as native values, not as text
+--------------------------------------------------
+The changelog keeps each image in untyped columns ``v0, v1, ...`` (an UPDATE stores the
+before image, then the after image).  Untyped columns have no affinity, so SQLite keeps
+every value exactly as the trigger saw it: integers, text (also with NUL), blobs, and
+reals bit for bit, -0.0 included.  We first tried type-tagged text in a ``json_array``
+and measured that it cannot be exact: SQLite's own float-to-text conversion does not
+round-trip doubles (``printf('%!.17g')`` failed for 523 of 302k random doubles on SQLite
+3.40 and for 13% of them on 3.51; ``%!.20e`` and ``quote()`` fail on 3.51 too), and no
+core SQL function can see the sign of -0.0.  Native columns also need no JSON1 in the
+application's SQLite and nothing to decode here: reading is a plain row fetch.
+
+A *layout* (table, columns in declared order, key) is stored once per version in
+``_timefunnel_layouts`` and every changelog row names its layout, so rows written before
+a schema change still decode with the columns they were written with.
+
+Known limits (the application's SQLite decides these, not us)
+-------------------------------------------------------------
+- ``INSERT OR REPLACE`` deletes a conflicting row without firing DELETE triggers unless
+  the application's connection sets ``PRAGMA recursive_triggers=ON``: the mirror then
+  sees only the insert (fine for a conflict on the primary key, which the sink upserts;
+  a row removed for a conflict on another UNIQUE index is missed).
+- Generated columns are not captured: the mirror computes them itself.
+- A column added while capture runs is not captured until ``install()`` runs again
+  (``snapshot()`` refuses until then); rows already captured keep their old layout.
+- Every captured row write also writes a changelog row: bulk inserts in WAL mode ran
+  at about half their speed (424k -> 230k rows/s at 100 rows per commit).
+- The changelog has ``2 * columns`` value columns of the widest captured table, so a
+  table may have at most about 990 columns (SQLite's default limit is 2000).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from funnel.errors import ConfigError, SourceError
+from funnel.events import Op, Row, TableChanges
+from producer.sources.base import SourceTransaction
+
+CHANGELOG = "_timefunnel_changelog"
+GROUPS = "_timefunnel_groups"
+LAYOUTS = "_timefunnel_layouts"
+PREFIX = "_timefunnel_"
+_BASE_COLUMNS = 4  # seq, tbl, op, layout: the value columns v0.. follow
+_OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
+
+
+def now_us() -> int:
+    """Wall-clock time in microseconds since the epoch (UTC): the default ``clock``."""
+    return time.time_ns() // 1000
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as an SQL identifier, safe for any characters."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_text(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """One version of a captured table's shape: what its changelog rows hold."""
+
+    table: str
+    columns: tuple[str, ...]  # declared order; ``rowid`` first for rowid-keyed tables
+    key: tuple[str, ...]
+    rowid: bool = False  # keyed by the implicit rowid (opt-in, see ``SqliteSource``)
+
+    @property
+    def id(self) -> str:
+        """Stable name of this layout: a change of columns or key gives a new id."""
+        text = json.dumps(["v1", self.table, self.columns, self.key, self.rowid])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def trigger_names(self) -> dict[str, str]:
+        """Trigger name per changelog op code."""
+        return {op: f"{PREFIX}{op.lower()}_{self.id}" for op in _OPS}
+
+
+@dataclass(slots=True)
+class _Group:
+    gid: int
+    upto_seq: int
+    sealed_at_us: int
+
+
+class SqliteSource:
+    """Captures the changes of ``tables`` in the SQLite file at ``path``.
+
+    ``tables=None`` captures every ordinary table except SQLite's and our own. A table
+    needs a declared PRIMARY KEY unless ``rowid_key=True``; then tables without one are
+    keyed by their rowid, carried as a first column named ``rowid``.  That is opt-in
+    because VACUUM may renumber the rowids of tables without an INTEGER PRIMARY KEY,
+    after which the mirror's keys no longer name the same rows as production's.
+
+    ``clock`` returns microseconds since the epoch; it stamps sealed groups.
+    Not thread-safe: use one instance from one thread.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tables: list[str] | None = None,
+        rowid_key: bool = False,
+        busy_timeout_s: float = 30,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        """Opens the file and checks the tables; creates nothing.
+
+        Raises SourceError if the file does not exist or is not a database, or a table
+        is unknown, a view or virtual table, or has no PRIMARY KEY (without rowid_key).
+        """
+        self.path = path
+        self._requested = tables
+        self._rowid_key = rowid_key
+        self._busy_timeout_s = busy_timeout_s
+        self._clock = clock
+        self._layout_cache: dict[str, Layout] = {}
+        self._conn = self._connect()
+        try:
+            self._captured = self._inspect(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def tables(self) -> list[str]:
+        """The captured tables, as the database spells them."""
+        return [layout.table for layout in self._captured]
+
+    def install(self) -> None:
+        """Creates the changelog, groups and layouts tables and the triggers; idempotent.
+
+        Triggers whose table changed shape (or that belong to tables no longer captured)
+        are replaced or dropped.  Everything happens in one write transaction, so the
+        application never sees a half-installed capture.
+        Raises SourceError if a table no longer qualifies (nothing is changed then) or
+        the file stays locked longer than busy_timeout_s.
+        """
+        with self._write_tx() as conn:
+            self._captured = self._inspect(conn)
+            self._create_bookkeeping(conn)
+            self._widen_changelog(conn, 2 * max(layout.width for layout in self._captured))
+            self._sync_triggers(conn)
+
+    def seal(self) -> int | None:
+        """Closes the changes committed so far into a new group; returns its gid, or None.
+
+        None means no change arrived since the last group.  SQLite's locks are not fair:
+        against an application that writes back to back without a gap, this waits for
+        a gap, up to busy_timeout_s.
+        Raises SourceError if capture is not installed or the file stays locked longer
+        than busy_timeout_s.
+        """
+        # Why a group never splits an application transaction: SQLite has one writer at
+        # a time, and BEGIN IMMEDIATE makes this bookkeeping a writer.  While we hold the
+        # write lock no application transaction can be half-way through its changelog
+        # rows: each one has either committed all its rows (they get seq numbers below
+        # max(seq), contiguous, in commit order) or not written any yet.
+        with self._write_tx() as conn:
+            last = conn.execute(
+                f"SELECT upto_seq, sealed_at_us FROM {GROUPS} ORDER BY gid DESC LIMIT 1"
+            ).fetchone()
+            top = conn.execute(f"SELECT max(seq) FROM {CHANGELOG}").fetchone()[0]
+            if top is None or (last is not None and top <= last[0]):
+                return None
+            # commit_ts must not go backwards, or a target time would fall inside the
+            # order of transactions; a clock step back reuses the previous stamp.
+            sealed_at = max(self._clock(), last[1] if last is not None else 0)
+            cursor = conn.execute(
+                f"INSERT INTO {GROUPS}(upto_seq, sealed_at_us) VALUES (?, ?)", (top, sealed_at)
+            )
+            return int(cursor.lastrowid)
+
+    def transactions_after(self, position: int, limit_groups: int) -> list[SourceTransaction]:
+        """The sealed groups with ``upto_seq > position``, oldest first, at most ``limit_groups``.
+
+        A group holds the changelog rows after the previous group's ``upto_seq``.  If
+        ``position`` falls inside a group (the snapshot was taken while a write slipped
+        in after the last seal), only that group's rows after ``position`` are returned:
+        ``position`` is a commit boundary too, so the rest are still whole application
+        transactions, and the ones before it are in the snapshot.  Each returned group is
+        held in memory whole, however large the application transaction was.
+        Raises SourceError if capture is not installed or a row names an unknown layout.
+        """
+        with self._read_tx() as conn:
+            groups = [
+                _Group(*row)
+                for row in conn.execute(
+                    f"SELECT gid, upto_seq, sealed_at_us FROM {GROUPS} "
+                    "WHERE upto_seq > ? ORDER BY upto_seq LIMIT ?",
+                    (position, limit_groups),
+                )
+            ]
+            if not groups:
+                return []
+            rows = conn.execute(
+                f"SELECT * FROM {CHANGELOG} WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (position, groups[-1].upto_seq),
+            )
+            return self._assemble(conn, groups, rows)
+
+    def acknowledge(self, position: int) -> None:
+        """Forgets the changes up to ``position``: they are safely in the funnel.
+
+        ``position`` is the position of a published transaction (or of the snapshot).
+        Raises SourceError if the file stays locked longer than busy_timeout_s.
+        """
+        with self._write_tx() as conn:
+            conn.execute(f"DELETE FROM {CHANGELOG} WHERE seq <= ?", (position,))
+            conn.execute(f"DELETE FROM {GROUPS} WHERE upto_seq <= ?", (position,))
+
+    def snapshot(self, chunk_rows: int = 2000) -> Snapshot:
+        """Starts a consistent initial copy of the captured tables.
+
+        The copy is read in one read transaction on its own connection, pinned by its
+        first SELECT, which also reads the snapshot position S (the highest changelog
+        sequence committed).  Changes up to S are in the copy, changes after S come from
+        ``transactions_after(S, ...)``.  We seal first so that S usually falls on a group
+        boundary; when a write slips in between, ``transactions_after`` splits that group
+        at S, so nothing is lost or doubled either way.
+
+        In WAL mode the application keeps writing during the copy (but the WAL cannot be
+        checkpointed past our snapshot, so it grows until the copy ends).  In rollback
+        journal mode the application's commits wait for the whole copy and fail once
+        their busy timeout runs out: snapshot a rollback-journal database in a quiet
+        period, or switch it to WAL.  Do not call ``seal`` while a copy is open there.
+        Raises ConfigError for chunk_rows < 1 and SourceError if capture is not installed
+        or a table changed shape since ``install()``.
+        """
+        if chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be at least 1, not {chunk_rows}")
+        self.seal()
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            position = self._snapshot_position(conn)  # first read: pins the snapshot
+            self._check_installed(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return Snapshot(conn, position, list(self._captured), chunk_rows, self.path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SqliteSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections and transactions -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection in autocommit mode (we say BEGIN ourselves) to an existing file.
+
+        Raises SourceError if the file does not exist (we never create one).
+        """
+        if sqlite3.sqlite_version_info < (3, 37, 0):  # PRAGMA table_list
+            raise SourceError(
+                f"SQLite {sqlite3.sqlite_version} is too old for capture: 3.37 or later needed",
+                hint="run the producer with a Python whose sqlite3 links SQLite 3.37+",
+            )
+        if not os.path.isfile(self.path):
+            raise SourceError(
+                f"SQLite database {self.path} does not exist",
+                hint="check the path; capture never creates a database",
+            )
+        uri = pathlib.Path(self.path).resolve().as_uri() + "?mode=rw"
+        try:
+            return sqlite3.connect(
+                uri, uri=True, timeout=self._busy_timeout_s, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise SourceError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; sqlite3 errors wrapped."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def _read_tx(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction, so that groups and changelog rows are read consistently."""
+        with self._transaction("BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, self._busy_timeout_s) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.rollback()
+            raise _wrap(exc, self.path, self._busy_timeout_s) from exc
+        except BaseException:
+            conn.rollback()
+            raise
+
+    # -- inspection -------------------------------------------------------------------
+
+    def _inspect(self, conn: sqlite3.Connection, names: list[str] | None = None) -> list[Layout]:
+        """The layouts of ``names`` (default: the requested tables), as the schema is now.
+
+        Raises SourceError naming the first table that cannot be captured.
+        """
+        try:
+            kinds = _table_kinds(conn)
+            names = names if names is not None else self._requested
+            if names is None:
+                names = sorted(n for n, k in kinds.items() if k == "table" and not _internal(n))
+            layouts = [self._layout(conn, kinds, name) for name in dict.fromkeys(names)]
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, self._busy_timeout_s) from exc
+        if not layouts:
+            raise SourceError(
+                f"no tables to capture in {self.path}",
+                hint="create the application's tables first, or name the tables to capture",
+            )
+        return layouts
+
+    def _layout(self, conn: sqlite3.Connection, kinds: dict[str, str], name: str) -> Layout:
+        """Raises SourceError if ``name`` is not an ordinary table with a usable key."""
+        table = {n.lower(): n for n in kinds}.get(name.lower())
+        if table is None:
+            raise SourceError(f'table "{name}" does not exist in {self.path}')
+        kind = kinds[table]
+        where = f'"{table}" in {self.path}'
+        if kind == "view":
+            raise SourceError(f"{where} is a view: capture its base tables instead")
+        if kind != "table":
+            raise SourceError(f"{where} is a {kind} table: triggers cannot capture it")
+        if _internal(table):
+            raise SourceError(f"{where} is an internal table of SQLite or timefunnel")
+        info = conn.execute(f"PRAGMA table_xinfo({quote_ident(table)})").fetchall()
+        columns = tuple(row[1] for row in info if row[6] == 0)  # hidden != 0: generated
+        key = tuple(row[1] for row in sorted((r for r in info if r[5] > 0), key=lambda r: r[5]))
+        if key:
+            return Layout(table, columns, key)
+        return self._rowid_layout(table, columns)
+
+    def _rowid_layout(self, table: str, columns: tuple[str, ...]) -> Layout:
+        if not self._rowid_key:
+            raise SourceError(
+                f'table "{table}" in {self.path} has no PRIMARY KEY',
+                hint="declare one, or pass rowid_key=True to key it by rowid "
+                "(only if nothing VACUUMs the database: VACUUM may renumber rowids)",
+            )
+        if any(c.lower() in ("rowid", "oid", "_rowid_") for c in columns):
+            raise SourceError(
+                f'table "{table}" in {self.path} has no PRIMARY KEY and a column named like '
+                "its rowid, so the rowid cannot be read",
+                hint="declare a PRIMARY KEY",
+            )
+        return Layout(table, ("rowid", *columns), ("rowid",), rowid=True)
+
+    # -- install ----------------------------------------------------------------------
+
+    def _create_bookkeeping(self, conn: sqlite3.Connection) -> None:
+        # AUTOINCREMENT: sequence numbers and gids are never reused after acknowledge()
+        # deleted the rows, so positions only grow and txids stay unique.
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHANGELOG}(seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "tbl TEXT NOT NULL, op TEXT NOT NULL, layout TEXT NOT NULL)"
+        )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {GROUPS}(gid INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "upto_seq INTEGER NOT NULL, sealed_at_us INTEGER NOT NULL)"
+        )
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {GROUPS}_upto ON {GROUPS}(upto_seq)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {LAYOUTS}(layout TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
+            "columns TEXT NOT NULL, key TEXT NOT NULL, rowid INTEGER NOT NULL)"
+        )
+
+    def _widen_changelog(self, conn: sqlite3.Connection, needed: int) -> None:
+        """Adds untyped value columns until the changelog has ``needed`` of them."""
+        have = len(conn.execute(f"PRAGMA table_info({CHANGELOG})").fetchall()) - _BASE_COLUMNS
+        for index in range(have, needed):
+            # no declared type = no affinity: values are stored exactly as given
+            conn.execute(f"ALTER TABLE {CHANGELOG} ADD COLUMN v{index}")
+
+    def _sync_triggers(self, conn: sqlite3.Connection) -> None:
+        """Makes our triggers exactly those of the captured layouts."""
+        wanted: dict[str, str] = {}
+        for layout in self._captured:
+            conn.execute(
+                f"INSERT OR IGNORE INTO {LAYOUTS} VALUES (?, ?, ?, ?, ?)",
+                (layout.id, layout.table, json.dumps(layout.columns), json.dumps(layout.key),
+                 int(layout.rowid)),
+            )
+            for op, name in layout.trigger_names().items():
+                wanted[name] = _trigger_sql(layout, op, name)
+        existing = {
+            row[0]
+            for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+            if row[0].startswith(PREFIX)
+        }
+        for name in existing - wanted.keys():
+            conn.execute(f"DROP TRIGGER {quote_ident(name)}")
+        for name in wanted.keys() - existing:
+            conn.execute(wanted[name])
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _assemble(
+        self, conn: sqlite3.Connection, groups: list[_Group], rows: Iterator[tuple]
+    ) -> list[SourceTransaction]:
+        """Cuts changelog rows (in seq order) into one SourceTransaction per group."""
+        # The hot loop of capture (over 100k rows/s is the target): no calls per row
+        # beyond the slicing, the rest only when the table or op changes.
+        transactions = [SourceTransaction(str(g.gid), g.sealed_at_us, g.upto_seq) for g in groups]
+        index, upto = 0, groups[0].upto_seq
+        changes = transactions[0].changes
+        last_key: tuple[str, str] | None = None
+        append = None
+        start = _BASE_COLUMNS
+        for row in rows:
+            if row[0] > upto:
+                while row[0] > groups[index].upto_seq:
+                    index += 1
+                upto, changes, last_key = groups[index].upto_seq, transactions[index].changes, None
+            op = row[2]
+            if (row[3], op) != last_key:
+                last_key = (row[3], op)
+                layout = self._layout_cache.get(row[3]) or self._load_layout(conn, row[3])
+                batch = TableChanges(layout.table, _OPS[op], list(layout.columns), list(layout.key))
+                changes.append(batch)
+                append = batch.rows.append
+                end, after_end = start + layout.width, start + 2 * layout.width
+            if op == "I":
+                append(Row(None, list(row[start:end])))
+            elif op == "U":
+                append(Row(list(row[start:end]), list(row[end:after_end])))
+            else:
+                append(Row(list(row[start:end]), None))
+        return transactions
+
+    def _load_layout(self, conn: sqlite3.Connection, layout_id: str) -> Layout:
+        """Raises SourceError if the changelog names a layout we never recorded."""
+        found = conn.execute(
+            f"SELECT tbl, columns, key, rowid FROM {LAYOUTS} WHERE layout = ?", (layout_id,)
+        ).fetchone()
+        if found is None:
+            raise SourceError(
+                f"changelog of {self.path} names unknown layout {layout_id}",
+                hint=f"the {LAYOUTS} table was altered by hand; re-create the mirror",
+            )
+        table, columns, key, rowid = found
+        layout = Layout(table, tuple(json.loads(columns)), tuple(json.loads(key)), bool(rowid))
+        self._layout_cache[layout_id] = layout
+        return layout
+
+    def _snapshot_position(self, conn: sqlite3.Connection) -> int:
+        """The highest changelog sequence committed (kept in sqlite_sequence even after
+        acknowledge() deleted the rows).  Raises SourceError if capture is not installed."""
+        try:
+            row = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?), 0), "
+                f"coalesce((SELECT max(seq) FROM {CHANGELOG}), 0))",
+                (CHANGELOG,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, self.path, self._busy_timeout_s) from exc
+        return int(row[0])
+
+    def _check_installed(self, conn: sqlite3.Connection) -> None:
+        """Inside the snapshot's transaction: every table still has the shape we installed
+        triggers for, so every change after the snapshot point is captured as we expect.
+        Raises SourceError naming the table otherwise."""
+        current = self._inspect(conn, self.tables)
+        triggers = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+        }
+        for installed, now in zip(self._captured, current):  # same names, same order
+            if installed != now or not set(installed.trigger_names().values()) <= triggers:
+                raise SourceError(
+                    f'capture of table "{installed.table}" in {self.path} is not installed '
+                    "for its current columns",
+                    hint="call install() again, then take the snapshot",
+                )
+
+
+class Snapshot:
+    """A consistent initial copy: ``position`` and the rows as TableChanges chunks.
+
+    Iterate once; the read transaction ends when iteration finishes or on ``close()``.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        position: int,
+        layouts: list[Layout],
+        chunk_rows: int,
+        path: str,
+    ) -> None:
+        self.position = position
+        self.tables = [layout.table for layout in layouts]
+        self._conn: sqlite3.Connection | None = conn
+        self._layouts = layouts
+        self._chunk_rows = chunk_rows
+        self._path = path
+
+    def __iter__(self) -> Iterator[TableChanges]:
+        """Yields chunks of at most chunk_rows rows, table by table, in memory one at a time.
+
+        Raises SourceError if a row cannot be read (for example text that is not UTF-8).
+        """
+        if self._conn is None:
+            raise SourceError(f"snapshot of {self._path} was already read or closed")
+        try:
+            for layout in self._layouts:
+                yield from self._chunks(layout)
+        finally:
+            self.close()
+
+    def _chunks(self, layout: Layout) -> Iterator[TableChanges]:
+        assert self._conn is not None
+        select = ", ".join(quote_ident(c) for c in layout.columns)
+        try:
+            cursor = self._conn.execute(f"SELECT {select} FROM {quote_ident(layout.table)}")
+            while rows := cursor.fetchmany(self._chunk_rows):
+                yield TableChanges(
+                    layout.table, Op.SNAPSHOT, list(layout.columns), list(layout.key),
+                    [Row(None, list(values)) for values in rows],
+                )
+        except sqlite3.Error as exc:
+            raise SourceError(
+                f'cannot read table "{layout.table}" of {self._path} for the snapshot: {exc}'
+            ) from exc
+
+    def close(self) -> None:
+        """Ends the read transaction (lets WAL checkpoints and writers proceed)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()  # closing rolls the read transaction back
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _trigger_sql(layout: Layout, op: str, name: str) -> str:
+    """CREATE TRIGGER appending one changelog row per row change of ``layout.table``."""
+    event = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[op]
+    images = {"I": ["NEW"], "U": ["OLD", "NEW"], "D": ["OLD"]}[op]
+    values = [f"{image}.{quote_ident(c)}" for image in images for c in layout.columns]
+    targets = ", ".join(f"v{i}" for i in range(len(values)))
+    return (
+        f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {quote_ident(layout.table)} "
+        f"BEGIN INSERT INTO {CHANGELOG}(tbl, op, layout, {targets}) VALUES ("
+        f"{quote_text(layout.table)}, '{op}', '{layout.id}', {', '.join(values)}); END"
+    )
+
+
+def _table_kinds(conn: sqlite3.Connection) -> dict[str, str]:
+    """Name -> 'table', 'view', 'virtual' or 'shadow', for the main schema."""
+    return {
+        name: kind
+        for schema, name, kind, *_ in conn.execute("PRAGMA table_list")
+        if schema == "main"
+    }
+
+
+def _internal(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.startswith("sqlite_") or lowered.startswith(PREFIX)
+
+
+def _wrap(exc: sqlite3.Error, path: str, busy_timeout_s: float) -> SourceError:
+    """A SourceError for a sqlite3 error, saying what to do when we know it."""
+    if f"no such table: {PREFIX}" in str(exc):
+        return SourceError(f"capture is not installed in {path}", hint="call install() first")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return SourceError(
+            f"SQLite database {path} stayed locked for more than {busy_timeout_s}s",
+            hint="another connection holds a long transaction; retry, or raise busy_timeout_s",
+        )
+    return SourceError(f"SQLite error on {path}: {exc}")
