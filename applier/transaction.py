@@ -46,3 +46,15 @@ class MirrorPosition:
     last_commit_ts: int | None = None  # commit time of the last applied transaction, µs
     valid_as_of: int | None = None  # the mirror shows production as of this time, µs
     snapshot_done: bool = False
+    # Point-in-time state (seek, promote), kept with the position so that it changes
+    # in the same database transaction as the rows it describes.
+    hold_until: int | None = None  # holding: apply only commit_ts < hold_until, ignore the delay
+    promoted_at: int | None = None  # promoted: never apply again
+    promote_target: int | None = None
+    excluded_txids: tuple[str, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        if self.promoted_at is not None:
+            return "promoted"
+        return "holding" if self.hold_until is not None else "running"

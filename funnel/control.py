@@ -5,6 +5,10 @@ Keys say what a record is about; the latest value per key is the truth:
 - ``delay/<mirror>``    {"delay_s": float, "set_at": µs}       set by the operator
 - ``status/<mirror>``   what a running applier reports about itself (see applier.status)
 - ``producer/<source>`` what a running capture reports about itself
+- ``table/<table>``     production's definition of a captured table, published by the
+                        capture at start: {"table", "columns": [{"name", "type",
+                        "not_null"}], "key": [...]}; PostgreSQL mirrors create missing
+                        tables from it (``funnel apply --create-tables``)
 
 JSON rather than Avro because these records are few, small and read by people with
 kcat as often as by programs.
@@ -34,6 +38,10 @@ def status_key(mirror: str) -> str:
 
 def producer_key(source: str) -> str:
     return f"producer/{source}"
+
+
+def table_key(table: str) -> str:
+    return f"table/{table}"
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any] | None]:
@@ -113,6 +121,10 @@ class ControlChannel:
         """Every mirror's delay in seconds as the control topic knows it."""
         return {key.split("/", 1)[1]: float(value["delay_s"])
                 for key, value in self.read_all().items() if key.startswith("delay/")}
+
+    def table_definitions(self) -> dict[str, dict[str, Any]]:
+        """Production's table definitions as the capture published them, by table name."""
+        return {key.split("/", 1)[1]: value for key, value in self.read_all().items() if key.startswith("table/")}
 
     def close(self) -> None:
         if self._producer is not None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from funnel.control import ControlChannel, producer_key
+from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError
 from funnel.events import TableChanges
 from producer.publisher import EventPublisher, now_us
@@ -80,12 +80,22 @@ class Capture:
     def start(self) -> int:
         """Install capture, find the resume position, make the initial copy if the funnel has none."""
         self.source.install()
+        self._publish_table_definitions()
         position = self.publisher.start()
         if position is None:
             position = self._initial_copy()
         self.stats.position = position
         log.info("capturing into %s from position %d", self.publisher.funnel, position)
         return position
+
+    def _publish_table_definitions(self) -> None:
+        """Sources that know typed column definitions (PostgreSQL) publish them for mirrors."""
+        describe = getattr(self.source, "table_definitions", None)
+        if describe is None or self.control is None:
+            return
+        for definition in describe():
+            self.control.write(table_key(definition["table"]), definition, flush=False)
+        self.control.flush()
 
     def _initial_copy(self) -> int:
         snapshot = self.source.snapshot()

@@ -1,6 +1,7 @@
 """Mirror database adapters, one module per database, chosen by URL."""
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import urlsplit
 
 from applier.sinks.base import Sink
@@ -25,8 +26,13 @@ def sqlite_path(url: str) -> str:
     return parts.path
 
 
-def open_sink(url: str) -> Sink:
+def open_sink(url: str, create_tables: bool = False,
+              table_definitions: Callable[[], dict[str, dict]] | None = None) -> Sink:
     """Open the mirror database at ``url`` (``sqlite:///path``).
+
+    ``create_tables`` and ``table_definitions`` (production's tables as the capture
+    published them, see ``ControlChannel.table_definitions``) matter to sinks that
+    need typed tables (PostgreSQL); SQLite creates untyped tables from the events.
 
     Raises ConfigError for an unknown or unsupported scheme or a malformed URL, and
     SinkError if the database cannot be opened.

@@ -29,6 +29,7 @@ from applier.sinks.sqlite_sql import (
     truncate_sql,
     upsert_sql,
 )
+from applier.sinks.state import position_from_row, position_to_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
 from funnel.events import Op, Row, TableChanges, Value
@@ -192,8 +193,7 @@ class SqliteSink:
             raise SinkError(f"cannot read the position of mirror {mirror!r} in {self.path}: {exc}") from exc
         if row is None:
             return None
-        *fields, snapshot_done = row
-        return MirrorPosition(*fields, snapshot_done=bool(snapshot_done))
+        return position_from_row(row)
 
     def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
         """Apply ``transactions`` in order and store ``position``, as one database transaction.
@@ -336,14 +336,4 @@ def _op_name(op: object) -> str:
 
 
 def _position_params(position: MirrorPosition) -> tuple[Any, ...]:
-    return (
-        position.funnel,
-        position.mirror,
-        position.topic,
-        position.partition,
-        position.next_offset,
-        position.last_txid,
-        position.last_commit_ts,
-        position.valid_as_of,
-        int(position.snapshot_done),
-    )
+    return position_to_row(position)

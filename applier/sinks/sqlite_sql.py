@@ -38,9 +38,14 @@ STATE_COLUMNS = (
     "last_commit_ts",
     "valid_as_of",
     "snapshot_done",
+    "hold_until",
+    "promoted_at",
+    "promote_target",
+    "excluded_txids",
 )
 
-# The promotion columns are written by promote, not by apply; NULL until then.
+# The whole state (position, hold, promotion) is written by every apply, in the same
+# database transaction as the rows: a promotion is recorded atomically with its last rows.
 CREATE_STATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     funnel TEXT NOT NULL,
     mirror TEXT NOT NULL,
@@ -51,6 +56,7 @@ CREATE_STATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     last_commit_ts INTEGER,
     valid_as_of INTEGER,
     snapshot_done INTEGER NOT NULL DEFAULT 0,
+    hold_until INTEGER,
     promoted_at INTEGER,
     promote_target INTEGER,
     excluded_txids TEXT,
@@ -141,7 +147,7 @@ def truncate_sql(table: str) -> str:
 
 
 def position_upsert_sql() -> str:
-    """Upsert of the state row; leaves the promotion columns as they are."""
+    """Upsert of the whole state row of one (funnel, mirror)."""
     names = ", ".join(STATE_COLUMNS)
     placeholders = ", ".join("?" * len(STATE_COLUMNS))
     updates = ", ".join(f"{column} = excluded.{column}" for column in STATE_COLUMNS[2:])
@@ -152,7 +158,7 @@ def position_upsert_sql() -> str:
 
 
 def position_select_sql() -> str:
-    """SELECT of the state row's position columns for one (funnel, mirror)."""
+    """SELECT of the state row's columns for one (funnel, mirror)."""
     return f"SELECT {', '.join(STATE_COLUMNS)} FROM {STATE_TABLE} WHERE funnel = ? AND mirror = ?"
 
 

@@ -17,13 +17,18 @@ from funnel.topic import FunnelAdmin
                    "with `funnel delay`].")
 @click.option("--buffer-rows", type=int, default=100_000, show_default=True,
               help="Rows held in memory before reading the funnel pauses.")
+@click.option("--create-tables", is_flag=True,
+              help="PostgreSQL mirror: create missing tables from production's column definitions and "
+                   "primary keys, as the capture published them on the control topic.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the applier does.")
 @kafka_options
-def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int, verbose: bool,
+def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int,
+          create_tables: bool, verbose: bool,
           bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Apply the funnel to the mirror at SINK_URL (sqlite:///path), each transaction after its delay."""
     from applier.applier import Applier, ApplierOptions
     from applier.sinks import open_sink
+    from funnel.control import ControlChannel
     from funnel.errors import ConfigError
     from funnel.timeparse import format_duration
 
@@ -35,7 +40,8 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     if delay is not None and delay >= info.retention_s:
         raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s retention "
                           f"{format_duration(info.retention_s)}: events would expire before they are due")
-    sink = open_sink(sink_url)
+    sink = open_sink(sink_url, create_tables=create_tables,
+                     table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())
     applier = Applier(kafka, sink, options)
     stop = stop_on_signals()
     applier.start()

@@ -339,14 +339,19 @@ def test_positions_of_two_mirrors_are_independent(sink: SqliteSink) -> None:
     assert sink.read_position("other", "m1") is None
 
 
-def test_apply_keeps_promotion_fields(sink: SqliteSink, db_path: Path) -> None:
-    sink.apply([], position(1))
+def test_apply_stores_hold_and_promotion_with_the_position(sink: SqliteSink, db_path: Path) -> None:
+    from dataclasses import replace
+
+    held = replace(position(1), hold_until=50, excluded_txids=("a", "b"))
+    sink.apply([], held)
+    assert sink.read_position("shop", "m1") == held
+    assert held.mode == "holding"
+    promoted = replace(held, next_offset=2, hold_until=None, promoted_at=7, promote_target=8)
+    sink.apply([], promoted)
+    assert sink.read_position("shop", "m1") == promoted and promoted.mode == "promoted"
     operator = sqlite3.connect(db_path)
-    operator.execute(f"UPDATE {STATE_TABLE} SET promoted_at = 7, promote_target = 8, excluded_txids = 'a,b'")
-    operator.commit()
-    sink.apply([], position(2))
     state = operator.execute(f"SELECT promoted_at, promote_target, excluded_txids, next_offset FROM {STATE_TABLE}")
-    assert state.fetchall() == [(7, 8, "a,b", 2)]
+    assert state.fetchall() == [(7, 8, '["a", "b"]', 2)]
     operator.close()
 
 

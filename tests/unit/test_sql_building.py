@@ -106,13 +106,14 @@ def test_generated_statements_run_on_sqlite_with_awkward_names() -> None:
     assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone() == (0,)
 
 
-def test_position_upsert_keeps_promotion_columns() -> None:
+def test_position_upsert_replaces_the_whole_state_row() -> None:
     db = sqlite3.connect(":memory:")
     db.execute(CREATE_STATE_TABLE)
-    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 10, "t1", 100, 100, 0))
-    db.execute(f"UPDATE {STATE_TABLE} SET promoted_at = 5, excluded_txids = '[\"t9\"]'")
-    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 20, "t2", 200, 200, 1))
-    kept = db.execute(f"SELECT next_offset, last_txid, snapshot_done, promoted_at, excluded_txids FROM {STATE_TABLE}")
-    assert kept.fetchall() == [(20, "t2", 1, 5, '["t9"]')]
+    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 10, "t1", 100, 100, 0, 90, None, None, None))
+    db.execute(position_upsert_sql(), ("f", "m", "f", 0, 20, "t2", 200, 200, 1, None, 5, 150, '["t9"]'))
+    kept = db.execute(f"SELECT next_offset, last_txid, snapshot_done, hold_until, promoted_at, excluded_txids "
+                      f"FROM {STATE_TABLE}")
+    assert kept.fetchall() == [(20, "t2", 1, None, 5, '["t9"]')]
     selected = db.execute(position_select_sql(), ("f", "m")).fetchone()
-    assert selected == ("f", "m", "f", 0, 20, "t2", 200, 200, 1)
+    assert selected == ("f", "m", "f", 0, 20, "t2", 200, 200, 1, None, 5, 150, '["t9"]')
+
