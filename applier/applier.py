@@ -22,18 +22,20 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from applier import schedule
+from applier.pointintime import PointInTimeError, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
 from funnel import headers
 from funnel.codec import EventCodec
-from funnel.control import ControlChannel, decode_record, delay_key, status_key
-from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError
+from funnel.control import ControlChannel, command_key, decode_record, delay_key, status_key
+from funnel.reader import FunnelReader
+from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
 
@@ -55,6 +57,7 @@ class ApplierOptions:
     buffer_rows: int = 100_000  # pause the funnel partition beyond this many held rows
     max_commit_rows: int = 20_000  # rows per database transaction in group commit
     status_interval_s: float = 1.0
+    announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
     def validate(self) -> None:
         if not self.mirror or "/" in self.mirror:
@@ -86,6 +89,29 @@ class ApplierStats:
     applied_rows: int = 0
     apply_seconds: float = 0.0
     commits: int = 0
+    undone_transactions: int = 0
+    undone_rows: int = 0
+
+
+@dataclass
+class Command:
+    """A seek, resume or promote being carried out (from the control topic or the CLI)."""
+
+    id: str
+    kind: str  # seek | resume | promote
+    to: int | None = None
+    excluded: tuple[str, ...] = ()
+    state: str = "running"  # running | done | failed
+    error: str | None = None
+    started_applied_rows: int = 0
+    started_applied_transactions: int = 0
+
+    def as_dict(self, stats: "ApplierStats") -> dict:
+        return {"id": self.id, "kind": self.kind, "to": self.to, "excluded": list(self.excluded),
+                "state": self.state, "error": self.error,
+                "applied_transactions": stats.applied_transactions - self.started_applied_transactions,
+                "applied_rows": stats.applied_rows - self.started_applied_rows,
+                "undone_transactions": stats.undone_transactions, "undone_rows": stats.undone_rows}
 
 
 class Assembler:
@@ -140,8 +166,13 @@ class Applier:
         self.low_watermark = 0
         self.high_watermark = 0
         self._consumer: Consumer | None = None
+        self.command: Command | None = None
+        self.finished = False  # promoted: the loop ends
+        self.sink_url: str | None = None  # reported in status (without password) for the takeover hook
+        self._closing = False
         self._last_status = 0.0
         self._last_watermarks = 0.0
+        self._control_start = 0
 
     # -- start ------------------------------------------------------------------
     def start(self) -> None:
@@ -151,10 +182,22 @@ class Applier:
         apply, FunnelError for an unknown funnel, ConfigError when no delay is known.
         """
         stored = self.sink.read_position(self.options.funnel, self.options.mirror)
+        refuse_if_promoted(stored)
         self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic, 0, 0)
         control_records = self.control.read_all()
         self._set_initial_delay(control_records)
-        consumer = Consumer(self.kafka.client(**{
+        self._consumer = self._new_consumer()
+        self._refresh_watermarks(force=True)
+        self._check_not_expired(self.position.next_offset)
+        _, control_high = self._consumer.get_watermark_offsets(
+            TopicPartition(control_topic(self.options.funnel), 0), timeout=15, cached=False)
+        self._control_start = control_high  # commands written before we started are not ours to run
+        self._assign(control_high)
+        log.info("mirror %s follows %s from offset %d with delay %.3fs", self.options.mirror, self.topic,
+                 self.position.next_offset, self.delay_us / MICROS)
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(self.kafka.client(**{
             "group.id": f"timefunnel.{self.options.funnel}.{self.options.mirror}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "isolation.level": "read_committed", "auto.offset.reset": "error",
@@ -162,19 +205,17 @@ class Applier:
             # own buffer does the holding, so keep the prefetch small.
             "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 8 * 1024 * 1024,
         }))
-        self._consumer = consumer
-        self._refresh_watermarks(force=True)
-        self._check_not_expired(self.position.next_offset)
-        _, control_high = consumer.get_watermark_offsets(TopicPartition(control_topic(self.options.funnel), 0),
-                                                         timeout=15, cached=False)
-        consumer.assign([TopicPartition(self.topic, 0, self.position.next_offset),
-                         TopicPartition(control_topic(self.options.funnel), 0, control_high)])
-        log.info("mirror %s follows %s from offset %d with delay %.3fs", self.options.mirror, self.topic,
-                 self.position.next_offset, self.delay_us / MICROS)
+
+    def _assign(self, control_offset: int) -> None:
+        self._consumer.assign([TopicPartition(self.topic, 0, self.position.next_offset),
+                               TopicPartition(control_topic(self.options.funnel), 0, control_offset)])
+        self.paused = False
 
     def _set_initial_delay(self, records: dict) -> None:
         if self.options.delay_s is not None:
             self.delay_us = int(self.options.delay_s * MICROS)
+            if not self.options.announce_delay:
+                return
             # An explicit --delay wins at start (it is the deployment's configuration);
             # publish it so `funnel status` and retention checks know it.
             self.control.write(delay_key(self.options.mirror),
@@ -214,7 +255,7 @@ class Applier:
         if self._consumer is None:
             self.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self.finished:
                 self.step()
                 if until is not None and until(self):
                     break
@@ -228,6 +269,7 @@ class Applier:
         self._flow_control()
         applied = self._apply_due()
         self._refresh_watermarks()
+        self._check_command_done()
         self._publish_status()
         return applied
 
@@ -267,6 +309,92 @@ class Applier:
         if key == delay_key(self.options.mirror) and value is not None:
             self.delay_us = int(float(value["delay_s"]) * MICROS)
             log.info("mirror %s: delay is now %.3fs", self.options.mirror, self.delay_us / MICROS)
+        elif key == command_key(self.options.mirror) and value is not None:
+            command = Command(value["id"], value["kind"], value.get("to"), tuple(value.get("excluded") or ()))
+            try:
+                self.execute(command)
+            except TimeFunnelError as exc:  # reported to the operator's CLI; the applier goes on
+                command.state, command.error = "failed", str(exc)
+                self.command = command
+                log.error("mirror %s: %s %s failed: %s", self.options.mirror, command.kind, command.id, exc)
+            self._publish_status(force=True)
+
+    # -- seek, resume, promote ------------------------------------------------------
+    def execute(self, command: Command) -> None:
+        """Start a seek/resume/promote. Seek and promote then proceed in the loop until ``command_done``.
+
+        Raises PointInTimeError (and UndoError, CodecError) when the target cannot be reached;
+        the mirror is unchanged then, except for transactions already undone atomically.
+        """
+        refuse_if_promoted(self.position)
+        command.started_applied_rows = self.stats.applied_rows
+        command.started_applied_transactions = self.stats.applied_transactions
+        self.command = command
+        if command.kind == "resume":
+            self._persist(replace(self.position, hold_until=None, excluded_txids=()))
+            command.state = "done"
+            return
+        with FunnelReader(self.kafka, self.options.funnel) as reader:
+            plan = make_plan(reader, self.position, Target(command.to, command.excluded))
+            command.to = plan.to
+            # Hold first, in its own database transaction: a crash from here on restarts
+            # holding at the target instead of running ahead with the delay.
+            self._persist(replace(self.position, hold_until=plan.to, excluded_txids=command.excluded))
+            if plan.undo_from_offset is not None:
+                self._undo_back(reader, plan.undo_from_offset)
+        self._check_command_done()
+
+    def _undo_back(self, reader: FunnelReader, from_offset: int) -> None:
+        def progress(transactions: int, rows: int) -> None:
+            self.stats.undone_transactions, self.stats.undone_rows = transactions, rows
+            self._publish_status()
+
+        self.position = undo_back(self.sink, reader, self.position, from_offset, self.codec, progress)
+        # What the consumer holds now lies after the new position: read it again, with a
+        # new consumer (librdkafka would keep reporting the old position after a re-assign).
+        self.held.clear()
+        self.held_rows = 0
+        self.assembler = Assembler(self.topic)
+        control_offset = self._control_offset()
+        self._consumer.close()
+        self._consumer = self._new_consumer()
+        self._assign(control_offset)
+
+    def _control_offset(self) -> int:
+        position = self._consumer.position([TopicPartition(control_topic(self.options.funnel), 0)])[0].offset
+        return max(position, self._control_start)
+
+    def _persist(self, position: MirrorPosition) -> None:
+        self.sink.apply([], position)
+        self.position = position
+
+    def reached_target(self) -> bool:
+        """Holding, and everything before the hold time is applied."""
+        hold = self.position.hold_until
+        if hold is None:
+            return False
+        if self.held:
+            return self.held[0].commit_ts >= hold
+        if self.assembler.open is not None:
+            return False
+        self._refresh_watermarks(force=True)
+        position = self._consumer.position([self.partition])[0].offset
+        return max(position, self.position.next_offset) >= self.high_watermark
+
+    def command_done(self) -> bool:
+        return self.command is None or self.command.state != "running"
+
+    def _check_command_done(self) -> None:
+        command = self.command
+        if command is None or command.state != "running" or not self.reached_target():
+            return
+        if command.kind == "promote":
+            self._persist(replace(self.position, hold_until=None, promoted_at=self.clock(),
+                                  promote_target=command.to, excluded_txids=command.excluded))
+            self.finished = True
+            log.info("mirror %s promoted at target %s", self.options.mirror, command.to)
+        command.state = "done"
+        self._publish_status(force=True)
 
     def _flow_control(self) -> None:
         limit = self.options.buffer_rows
@@ -278,13 +406,22 @@ class Applier:
             self.paused = False
 
     # -- applying -----------------------------------------------------------------
+    def is_due(self, held: HeldTransaction, now: int) -> bool:
+        """Snapshot rows at once; while holding, everything before the hold time; else commit + delay."""
+        if held.kind in (Kind.SNAPSHOT, Kind.SNAPSHOT_END):
+            return True
+        if self.position.hold_until is not None:
+            return held.commit_ts < self.position.hold_until
+        return schedule.is_due(held.commit_ts, self.delay_us, now)
+
     def due_transactions(self, now: int) -> list[HeldTransaction]:
         """The held transactions that may be applied now, oldest first, up to one commit's worth."""
         due: list[HeldTransaction] = []
         rows = 0
+        if self.finished:
+            return due
         for held in self.held:
-            if held.kind not in (Kind.SNAPSHOT, Kind.SNAPSHOT_END) and not schedule.is_due(
-                    held.commit_ts, self.delay_us, now):
+            if not self.is_due(held, now):
                 break
             if due and rows + held.rows > self.options.max_commit_rows:
                 break
@@ -299,7 +436,10 @@ class Applier:
         started = time.perf_counter()
         transactions = [self._decode(held) for held in due]
         position = self._position_after(transactions)
-        rows = self.sink.apply(transactions, position)
+        excluded = set(self.position.excluded_txids)
+        # Excluded transactions (the erroneous ones a promote leaves out) are passed
+        # over: the position moves past them, their rows are never applied.
+        rows = self.sink.apply([t for t in transactions if t.txid not in excluded], position)
         self.position = position
         for held in due:
             self.held.popleft()
@@ -327,8 +467,9 @@ class Applier:
         snapshot_done = previous.snapshot_done or any(t.kind is Kind.SNAPSHOT_END for t in transactions)
         changes = [t for t in transactions if t.kind in (Kind.CHANGES, Kind.HEARTBEAT, Kind.SNAPSHOT_END)]
         valid_as_of = max([previous.valid_as_of or 0] + [t.commit_ts for t in changes]) or None
-        return MirrorPosition(previous.funnel, previous.mirror, self.topic, 0, last.last_offset + 1,
-                              last.txid, last.commit_ts, valid_as_of, snapshot_done)
+        return replace(previous, topic=self.topic, partition=0, next_offset=last.last_offset + 1,
+                       last_txid=last.txid, last_commit_ts=last.commit_ts, valid_as_of=valid_as_of,
+                       snapshot_done=snapshot_done)
 
     # -- status -------------------------------------------------------------------
     def status(self) -> dict:
@@ -337,7 +478,8 @@ class Applier:
         oldest = next((h.commit_ts for h in self.held if h.kind is Kind.CHANGES), None)
         pending = [h for h in self.held if h.kind is not Kind.HEARTBEAT]
         return {
-            "mirror": self.options.mirror, "funnel": self.options.funnel, "state": "running",
+            "mirror": self.options.mirror, "funnel": self.options.funnel,
+            "state": "promoted" if self.finished else ("stopped" if self._closing else "running"),
             "delay_s": self.delay_us / MICROS, "next_offset": self.position.next_offset,
             "last_txid": self.position.last_txid, "last_commit_ts": self.position.last_commit_ts,
             "valid_as_of": self.position.valid_as_of, "snapshot_done": self.position.snapshot_done,
@@ -346,7 +488,11 @@ class Applier:
             "behind_s": schedule.seconds_behind(oldest, self.delay_us, now),
             "applied_transactions": self.stats.applied_transactions, "applied_rows": self.stats.applied_rows,
             "low_watermark": self.low_watermark, "high_watermark": self.high_watermark,
-            "updated_at": now,
+            "mode": self.position.mode, "hold_until": self.position.hold_until,
+            "promoted_at": self.position.promoted_at, "promote_target": self.position.promote_target,
+            "excluded_txids": list(self.position.excluded_txids),
+            "command": self.command.as_dict(self.stats) if self.command else None,
+            "sink_url": self.sink_url, "updated_at": now,
         }
 
     def _publish_status(self, force: bool = False) -> None:
@@ -360,6 +506,7 @@ class Applier:
 
     def close(self) -> None:
         if self._consumer is not None:
+            self._closing = True
             try:
                 self._publish_status(force=True)
                 self.control.close()

@@ -5,6 +5,8 @@ Keys say what a record is about; the latest value per key is the truth:
 - ``delay/<mirror>``    {"delay_s": float, "set_at": µs}       set by the operator
 - ``status/<mirror>``   what a running applier reports about itself (see applier.status)
 - ``producer/<source>`` what a running capture reports about itself
+- ``command/<mirror>``  seek, resume or promote for a running applier (latest wins;
+                        an applier reads only commands written after it started)
 - ``table/<table>``     production's definition of a captured table, published by the
                         capture at start: {"table", "columns": [{"name", "type",
                         "not_null"}], "key": [...]}; PostgreSQL mirrors create missing
@@ -38,6 +40,11 @@ def status_key(mirror: str) -> str:
 
 def producer_key(source: str) -> str:
     return f"producer/{source}"
+
+
+def command_key(mirror: str) -> str:
+    """seek / resume / promote for a running applier: {"id", "kind", "to", "excluded"}."""
+    return f"command/{mirror}"
 
 
 def table_key(table: str) -> str:

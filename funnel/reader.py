@@ -39,9 +39,13 @@ class FunnelReader:
     """Scans offsets [start, end) of a funnel's data partition with read_committed."""
 
     def __init__(self, kafka: KafkaSettings, funnel: str) -> None:
+        self.kafka = kafka
         self.topic = data_topic(funnel)
         self.partition = TopicPartition(self.topic, 0)
-        self.consumer = Consumer(kafka.client(**{
+        self.consumer = self._new_consumer()
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer(self.kafka.client(**{
             "group.id": f"timefunnel-reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest"}))
 
@@ -61,6 +65,10 @@ class FunnelReader:
         """Whole transactions whose messages lie in [start, end), in order."""
         if end <= start:
             return
+        # librdkafka keeps reporting the previous scan's position after a new assign, so
+        # every scan gets a consumer of its own: the end test below relies on position().
+        self.consumer.close()
+        self.consumer = self._new_consumer()
         self.consumer.assign([TopicPartition(self.topic, 0, start)])
         open_tx: TransactionSummary | None = None
         deadline = time.monotonic() + TIMEOUT_S

@@ -21,9 +21,14 @@ from funnel.topic import FunnelAdmin
               help="PostgreSQL mirror: create missing tables from production's column definitions and "
                    "primary keys, as the capture published them on the control topic.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the applier does.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
+              help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
+                   "[env FUNNEL_METRICS_PORT; default: no endpoint].")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, envvar="FUNNEL_METRICS_ADDR",
+              help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")
 @kafka_options
 def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int,
-          create_tables: bool, verbose: bool,
+          create_tables: bool, verbose: bool, metrics_port: int | None, metrics_addr: str,
           bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Apply the funnel to the mirror at SINK_URL (sqlite:///path), each transaction after its delay."""
     from applier.applier import Applier, ApplierOptions
@@ -43,8 +48,21 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     sink = open_sink(sink_url, create_tables=create_tables,
                      table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())
     applier = Applier(kafka, sink, options)
+    from funnel.cli.mirror_ops import redact
+
+    applier.sink_url = redact(sink_url)
     stop = stop_on_signals()
     applier.start()
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
                f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
-    applier.run(stop)
+    if metrics_port is None:
+        applier.run(stop)
+        return
+    from applier.metrics import serve
+
+    endpoint = serve(applier, metrics_port, metrics_addr)
+    click.echo(f"metrics on {endpoint.url}", err=True)
+    try:
+        applier.run(stop)
+    finally:
+        endpoint.close()

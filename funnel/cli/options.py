@@ -63,3 +63,12 @@ def stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def parse_target_time(text: str) -> int:
+    """An ISO-8601 time with zone or a relative time (-15m) → µs since the epoch. Raises ConfigError."""
+    from datetime import datetime, timezone
+
+    from funnel.timeparse import parse_time, to_micros
+
+    return to_micros(parse_time(text, datetime.now(timezone.utc)))

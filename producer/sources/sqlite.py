@@ -554,11 +554,17 @@ class Snapshot:
         select = ", ".join(quote_ident(c) for c in layout.columns)
         try:
             cursor = self._conn.execute(f"SELECT {select} FROM {quote_ident(layout.table)}")
+            empty = True
             while rows := cursor.fetchmany(self._chunk_rows):
+                empty = False
                 yield TableChanges(
                     layout.table, Op.SNAPSHOT, list(layout.columns), list(layout.key),
                     [Row(None, list(values)) for values in rows],
                 )
+            if empty:
+                # An empty table is announced all the same, so that mirrors create it:
+                # after a takeover, applications expect every table to exist.
+                yield TableChanges(layout.table, Op.SNAPSHOT, list(layout.columns), list(layout.key), [])
         except sqlite3.Error as exc:
             raise SourceError(
                 f'cannot read table "{layout.table}" of {self._path} for the snapshot: {exc}'

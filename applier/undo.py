@@ -1,0 +1,63 @@
+"""Undoing an applied transaction: the same rows, inverted, newest change first.
+
+Backward seek applies the inverse of each transaction through the ordinary sink, so
+undo needs no sink code of its own and keeps every sink's atomicity: an insert
+becomes a delete of its after image, a delete re-inserts its before image, an update
+writes its before image back (deleting the new key first when the key changed).
+"""
+from __future__ import annotations
+
+from funnel.errors import TimeFunnelError
+from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
+
+from applier.transaction import Transaction
+
+
+class UndoError(TimeFunnelError):
+    """A transaction cannot be undone (no before image, a truncate, the initial copy)."""
+
+
+def invert(transaction: Transaction) -> Transaction:
+    """The transaction that takes the mirror from after ``transaction`` back to before it.
+
+    Raises UndoError when the funnel lacks what is needed: the initial copy, a
+    truncate (the truncated rows are not in the funnel), or an update without its
+    before image (a PostgreSQL table without REPLICA IDENTITY FULL).
+    """
+    if transaction.kind in (Kind.SNAPSHOT, Kind.SNAPSHOT_END):
+        raise UndoError(f"transaction {transaction.txid!r} is the initial copy: the mirror cannot go back before it",
+                        hint="choose a target time after the initial copy")
+    groups = [group for batch in reversed(transaction.batches) for group in reversed(batch.changes)]
+    inverted = [_invert_group(group, transaction.txid) for group in groups]
+    batch = ChangeBatch(source="undo", txid=transaction.txid, commit_ts=transaction.commit_ts, position=0, seq=0,
+                        tx_rows=sum(len(g.rows) for g in inverted), kind=transaction.kind, changes=inverted)
+    return Transaction(transaction.txid, transaction.commit_ts, transaction.kind, transaction.first_offset,
+                       transaction.last_offset, [batch])
+
+
+def _invert_group(group: TableChanges, txid: str) -> TableChanges:
+    rows = list(reversed(group.rows))
+    if group.op is Op.INSERT:
+        return TableChanges(group.table, Op.DELETE, group.columns, group.key, [Row(r.after, None) for r in rows])
+    if group.op is Op.DELETE:
+        _require_before(group, rows, txid)
+        return TableChanges(group.table, Op.INSERT, group.columns, group.key, [Row(None, r.before) for r in rows])
+    if group.op is Op.UPDATE:
+        _require_before(group, rows, txid)
+        return TableChanges(group.table, Op.UPDATE, group.columns, group.key, [Row(r.after, r.before) for r in rows])
+    if group.op is Op.TRUNCATE:
+        raise UndoError(f"transaction {txid!r} truncated {group.table!r}: the removed rows are not in the funnel, "
+                        f"so the mirror cannot go back before it", hint="choose a target time after that transaction")
+    raise UndoError(f"transaction {txid!r} holds initial-copy rows of {group.table!r}: it cannot be undone")
+
+
+def _require_before(group: TableChanges, rows: list[Row], txid: str) -> None:
+    non_key = [i for i, column in enumerate(group.columns) if column not in set(group.key)]
+    for row in rows:
+        # A before image with only the key (PostgreSQL without REPLICA IDENTITY FULL
+        # sends the other columns as NULL) cannot restore the row. A real row whose
+        # other columns are all NULL is refused too: refusing is safe, guessing is not.
+        if row.before is None or (non_key and all(row.before[i] is None for i in non_key)):
+            raise UndoError(f"transaction {txid!r} changed {group.table!r} without a full before image: "
+                            f"backward seek is not available for this table",
+                            hint="capture it with --replica-identity-full, or seek forward only")

@@ -1,0 +1,73 @@
+"""``funnel promote ID [--at T] [--exclude-txid X ...] [--on-promote CMD]``: the takeover."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import click
+
+from applier.pointintime import Target
+from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, redact, run_command
+from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
+from funnel.cli.seek import render_plan, sink_option
+from funnel.errors import TimeFunnelError
+from funnel.timeparse import format_time
+
+
+@click.command()
+@click.argument("mirror")
+@click.option("--at", "at_text", default=None, metavar="T",
+              help="Target time, exclusive (ISO-8601 with zone or -15m) [default: all the funnel holds].")
+@click.option("--exclude-txid", "excluded", multiple=True, metavar="TXID",
+              help="Leave out this transaction (the erroneous one) while applying the rest; repeatable.")
+@click.option("--on-promote", "hook", default=None, metavar="CMD",
+              help="Takeover hook run by the shell after the promotion is recorded (moves the service name).")
+@funnel_option
+@sink_option
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@kafka_options
+def promote(mirror: str, at_text: str | None, excluded: tuple[str, ...], hook: str | None, funnel_name: str,
+            sink_url: str | None, dry_run: bool, as_json: bool, bootstrap: str | None,
+            settings: tuple[str, ...]) -> None:
+    """Bring mirror MIRROR to T, stop applying for good, record the promotion, run the takeover hook."""
+    at = parse_target_time(at_text) if at_text else None
+    handle = find_mirror(kafka_settings(bootstrap, settings), funnel_name, mirror, sink_url)
+    plan = plan_for(handle, Target(at, tuple(excluded)))
+    if dry_run:
+        return render_plan("promote", plan, as_json)
+    status = run_command(handle, new_command("promote", plan.to, tuple(excluded)), plan)
+    result = {"mirror": mirror, "action": "promote", "target": format_time(plan.to),
+              "promoted_at": format_time(status["promoted_at"]), "excluded_txids": list(excluded),
+              "next_offset": status["next_offset"], "plan": plan.as_dict()}
+    hook_failed = False
+    if hook:
+        env = {"FUNNEL_NAME": funnel_name, "FUNNEL_MIRROR": mirror, "FUNNEL_TARGET_TIME": format_time(plan.to),
+               "FUNNEL_PROMOTED_AT": format_time(status["promoted_at"]),
+               "FUNNEL_SINK_URL": redact(sink_url) if sink_url else (status.get("sink_url") or "")}
+        result["hook"] = run_hook(hook, env)
+        hook_failed = result["hook"]["exit_code"] != 0
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"mirror {mirror!r} promoted at {result['promoted_at']}: valid as of {result['target']} "
+                   f"(exclusive)" + (f", left out {', '.join(excluded)}" if excluded else ""))
+        if hook:
+            click.echo(f"takeover hook exited {result['hook']['exit_code']}:\n{result['hook']['output']}".rstrip())
+    if hook_failed:
+        raise TimeFunnelError(f"the promotion is recorded, but the takeover hook failed (exit "
+                              f"{result['hook']['exit_code']})", hint="move the service address by hand")
+
+
+def run_hook(command: str, env: dict[str, str], timeout_s: float = 600.0) -> dict:
+    """Run the takeover hook in a shell with the promotion in its environment; never raises."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, **env})
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, output = 124, f"hook timed out after {timeout_s:.0f}s: {exc.stdout or ''}"
+    return {"command": command, "exit_code": code, "output": output,
+            "seconds": round(time.monotonic() - started, 3), "environment": env}
