@@ -381,6 +381,14 @@ class Applier:
         position = self._consumer.position([self.partition])[0].offset
         return max(position, self.position.next_offset) >= self.high_watermark
 
+    def caught_up(self) -> bool:
+        """Nothing held and nothing more in the funnel (after the due work is applied)."""
+        if self.held or self.assembler.open is not None:
+            return False
+        self._refresh_watermarks(force=True)
+        position = self._consumer.position([self.partition])[0].offset
+        return max(position, self.position.next_offset) >= self.high_watermark
+
     def command_done(self) -> bool:
         return self.command is None or self.command.state != "running"
 

@@ -20,6 +20,8 @@ from funnel.topic import FunnelAdmin
 @click.option("--create-tables", is_flag=True,
               help="PostgreSQL mirror: create missing tables from production's column definitions and "
                    "primary keys, as the capture published them on the control topic.")
+@click.option("--until-caught-up", is_flag=True,
+              help="Exit once everything due is applied and the funnel has nothing more (batch runs, benches).")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the applier does.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
               help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
@@ -28,7 +30,7 @@ from funnel.topic import FunnelAdmin
               help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")
 @kafka_options
 def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int,
-          create_tables: bool, verbose: bool, metrics_port: int | None, metrics_addr: str,
+          create_tables: bool, until_caught_up: bool, verbose: bool, metrics_port: int | None, metrics_addr: str,
           bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Apply the funnel to the mirror at SINK_URL (sqlite:///path), each transaction after its delay."""
     from applier.applier import Applier, ApplierOptions
@@ -56,13 +58,13 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
                f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
     if metrics_port is None:
-        applier.run(stop)
+        applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)
         return
     from applier.metrics import serve
 
     endpoint = serve(applier, metrics_port, metrics_addr)
     click.echo(f"metrics on {endpoint.url}", err=True)
     try:
-        applier.run(stop)
+        applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)
     finally:
         endpoint.close()

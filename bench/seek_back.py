@@ -1,0 +1,56 @@
+"""Seconds to undo ``--transactions`` applied transactions with a backward seek.
+
+The mirror applies the whole funnel (3-row transactions, bench/promote_drain.py's
+traffic), then `funnel seek --to <before the first> --sink` undoes them all. The ratio
+compares with the forward apply of the same transactions, measured in this run.
+
+    .venv/bin/python bench/seek_back.py [--transactions 100000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import broker, new_funnel, publish_all  # noqa: I001
+from promote_drain import ROOT, funnel_cmd, traffic
+
+from funnel.timeparse import format_time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transactions", type=int, default=100_000)
+    args = parser.parse_args()
+    tps = 300
+    with broker() as kafka, tempfile.TemporaryDirectory() as tmp:
+        funnel = new_funnel(kafka)
+        transactions = list(traffic(args.transactions / 3600 / tps, tps))
+        first_commit = transactions[0].commit_ts
+        rows = publish_all(kafka, funnel, iter(transactions), per_kafka_tx=2000)
+        mirror = Path(tmp, "mirror.db")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        started = time.perf_counter()
+        subprocess.run(funnel_cmd(kafka, "apply", f"sqlite://{mirror}", "--funnel", funnel, "--mirror", "m",
+                                  "--delay", "0s", "--until-caught-up"), cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+        forward = time.perf_counter() - started
+        started = time.perf_counter()
+        done = subprocess.run(funnel_cmd(kafka, "seek", "m", "--to", format_time(first_commit), "--funnel", funnel,
+                                         "--sink", f"sqlite://{mirror}", "--json"), cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"seek failed: {done.stderr}")
+        undone = json.loads(done.stdout)["plan"]["undo"]["transactions"]
+    print(json.dumps({"bench": "seek_back", "transactions": undone, "rows": rows, "seconds": round(seconds, 2),
+                      "forward_apply_seconds": round(forward, 2), "ratio_to_forward": round(forward / seconds, 3),
+                      "target_seconds": 30}))
+
+
+if __name__ == "__main__":
+    main()
