@@ -166,6 +166,9 @@ class Applier:
         self.low_watermark = 0
         self.high_watermark = 0
         self._consumer: Consumer | None = None
+        # Called once per group commit with (seconds, transactions, rows): the metrics'
+        # apply-duration histogram, which must include decoding, not only the sink.
+        self.apply_observers: list[Callable[[float, int, int], None]] = []
         self.command: Command | None = None
         self.finished = False  # promoted: the loop ends
         self.sink_url: str | None = None  # reported in status (without password) for the takeover hook
@@ -409,7 +412,7 @@ class Applier:
         if not self.paused and self.held_rows >= limit:
             self._consumer.pause([self.partition])
             self.paused = True
-        elif self.paused and self.held_rows < limit // 2:
+        elif self.paused and self.held_rows <= limit // 2:
             self._consumer.resume([self.partition])
             self.paused = False
 
@@ -454,8 +457,11 @@ class Applier:
             self.held_rows -= held.rows
         self.stats.applied_transactions += sum(1 for t in transactions if t.kind is not Kind.HEARTBEAT)
         self.stats.applied_rows += rows
-        self.stats.apply_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats.apply_seconds += elapsed
         self.stats.commits += 1
+        for observe in self.apply_observers:
+            observe(elapsed, len(transactions), rows)
         self._consumer.commit(offsets=[TopicPartition(self.topic, 0, position.next_offset)], asynchronous=True)
         return rows
 

@@ -14,6 +14,14 @@ from funnel.topic import FunnelAdmin
 @click.option("--table", "-t", "tables", multiple=True, help="Capture only this table (repeatable; default: all).")
 @click.option("--rowid-key", is_flag=True,
               help="SQLite: accept tables without a primary key, keyed by rowid (VACUUM may renumber them).")
+@click.option("--replica-identity-full", is_flag=True,
+              help="PostgreSQL: set REPLICA IDENTITY FULL on the captured tables (needs ownership), so updates "
+                   "and deletes carry whole before images (what backward seek needs).")
+@click.option("--publication", default=None, metavar="NAME",
+              help="PostgreSQL: use this existing publication instead of creating timefunnel_<slot> "
+                   "(for a role that does not own the tables).")
+@click.option("--slot", default=None, metavar="NAME",
+              help="PostgreSQL: the logical replication slot [default: timefunnel_<funnel>].")
 @click.option("--source-name", default=None, help="Name of this source in the events [default: the file name].")
 @click.option("--poll-interval", type=DURATION, default=0.2, show_default=True, help="How often to look for changes.")
 @click.option("--heartbeat", "heartbeat_s", type=DURATION, default=1.0, show_default=True,
@@ -21,11 +29,17 @@ from funnel.topic import FunnelAdmin
 @click.option("--chunk-rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Rows per Kafka message; larger transactions span several messages.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the capture does.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
+              help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
+                   "[env FUNNEL_METRICS_PORT; default: no endpoint].")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, envvar="FUNNEL_METRICS_ADDR",
+              help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")
 @kafka_options
-def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool, source_name: str | None,
-            poll_interval: float, heartbeat_s: float, chunk_rows: int, verbose: bool, bootstrap: str | None,
-            settings: tuple[str, ...]) -> None:
-    """Capture the production database at SOURCE_URL (sqlite:///path) into the funnel."""
+def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool,
+            replica_identity_full: bool, publication: str | None, slot: str | None, source_name: str | None,
+            poll_interval: float, heartbeat_s: float, chunk_rows: int, verbose: bool, metrics_port: int | None,
+            metrics_addr: str, bootstrap: str | None, settings: tuple[str, ...]) -> None:
+    """Capture the production database at SOURCE_URL (sqlite:///path, postgresql://...) into the funnel."""
     from funnel.control import ControlChannel
     from producer.capture import Capture, CaptureOptions
     from producer.publisher import EventPublisher
@@ -34,11 +48,22 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     setup_logging(verbose)
     kafka = kafka_settings(bootstrap, settings)
     FunnelAdmin(kafka).describe(funnel_name)
-    source = open_source(source_url, list(tables) or None, rowid_key)
+    source = open_source(source_url, list(tables) or None, rowid_key, funnel=funnel_name, slot=slot,
+                         publication=publication, replica_identity_full=replica_identity_full)
     name = source_name or source_name_for(source_url)
     publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows)
     runner = Capture(source, publisher, ControlChannel(kafka, funnel_name),
                      CaptureOptions(poll_interval_s=poll_interval, heartbeat_interval_s=heartbeat_s))
     stop = stop_on_signals()
     click.echo(f"capturing {source_url} into funnel {funnel_name!r} as source {name!r}", err=True)
-    runner.run(stop)
+    if metrics_port is None:
+        runner.run(stop)
+        return
+    from producer.metrics import serve
+
+    endpoint = serve(runner, metrics_port, metrics_addr)
+    click.echo(f"metrics on {endpoint.url}", err=True)
+    try:
+        runner.run(stop)
+    finally:
+        endpoint.close()

@@ -15,19 +15,43 @@ def sqlite_source_path(url: str) -> str:
     return parts.path
 
 
-def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = False):
+def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = False, *,
+                funnel: str | None = None, slot: str | None = None, publication: str | None = None,
+                replica_identity_full: bool = False):
     """Open the production database at ``url`` for capture.
 
-    Raises ConfigError for an unsupported URL, SourceError for a database that cannot
-    be captured as asked (unknown table, no primary key, missing file).
+    PostgreSQL (``postgresql://`` or ``postgres://``) captures through replication slot
+    ``slot`` (default: named after ``funnel``) and publication ``publication`` (default:
+    one capture creates); ``replica_identity_full`` gives updates and deletes full
+    before images.  Raises ConfigError for an unsupported URL or an option the source
+    does not have, SourceError for a database that cannot be captured as asked (unknown
+    table, no primary key, missing file, no replication privilege).
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
+        _reject_postgres_options(slot=slot, publication=publication, replica_identity_full=replica_identity_full)
         from producer.sources.sqlite import SqliteSource
 
         return SqliteSource(sqlite_source_path(url), tables, rowid_key=rowid_key)
+    if scheme in ("postgresql", "postgres"):
+        if rowid_key:
+            raise ConfigError("--rowid-key is for SQLite sources only",
+                              hint="give PostgreSQL tables a primary key, or use --replica-identity-full")
+        from producer.sources.postgres import PostgresSource, default_slot_name
+
+        if slot is None and funnel is None:
+            raise ConfigError("a PostgreSQL source needs a replication slot name or the funnel's name")
+        return PostgresSource(url, tables, slot=slot or default_slot_name(funnel), publication=publication,
+                              replica_identity_full=replica_identity_full)
     raise ConfigError(f"unsupported source URL scheme {scheme or '(none)'!r} in {url!r}",
-                      hint="use sqlite:///path/to/production.db")
+                      hint="use sqlite:///path/to/production.db or postgresql://user@host:port/database")
+
+
+def _reject_postgres_options(**options: object) -> None:
+    """Raises ConfigError naming the first PostgreSQL-only option that is set."""
+    for name, value in options.items():
+        if value:
+            raise ConfigError(f"--{name.replace('_', '-')} is for PostgreSQL sources only")
 
 
 def source_name_for(url: str) -> str:

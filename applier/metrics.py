@@ -1,0 +1,419 @@
+"""Prometheus metrics of a running applier, read from its real state at scrape time.
+
+What each number is made of (nothing is estimated):
+
+- position, delay, valid-as-of, the held buffer, applied counters and the funnel's
+  watermarks are the applier's own fields, read when Prometheus scrapes;
+- the funnel's retention comes from the broker (``FunnelAdmin.describe``), re-read
+  every ``retention_refresh_s`` so a changed ``retention.ms`` shows within seconds;
+- pending work counts what ``funnel status`` counts: every whole non-heartbeat
+  transaction at or after the mirror's next offset, with its Kafka messages ("events")
+  and rows, from message headers.  The applier itself holds at most ``buffer_rows`` of
+  it, so the rest is counted in the funnel: a background thread keeps two header-only
+  tallies from the offset the applier started at, one up to the end of the funnel and
+  one up to the applier's next offset, and pending is their difference.  Memory stays
+  flat however deep the funnel is, and each message is read once by each tally.
+
+Until the tallies have read to the end of the funnel once, the pending series are left
+out (absent, not wrong).  ``timefunnel_pending_offsets`` is the raw Kafka lag (high
+watermark minus next offset): it also counts heartbeats and transaction markers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from applier import schedule
+from funnel import headers
+from funnel.errors import ConfigError, FunnelError, TimeFunnelError
+from funnel.events import Kind
+from funnel.kafka import KafkaSettings
+from funnel.topic import FunnelAdmin
+
+log = logging.getLogger("timefunnel.metrics")
+MICROS = 1_000_000
+STATES = ("running", "holding", "promoted")
+# Group commits take milliseconds to seconds (DESIGN.md: 1 to 20,000 rows per commit).
+APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+# -- counting the funnel from headers ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Whole non-heartbeat transactions counted so far; every transaction ending below ``boundary`` is in."""
+
+    transactions: int = 0
+    events: int = 0
+    rows: int = 0
+    boundary: int = 0
+
+    def minus(self, other: "Tally") -> "Tally":
+        return Tally(self.transactions - other.transactions, self.events - other.events,
+                     self.rows - other.rows, self.boundary)
+
+
+class TransactionCounter:
+    """Assembles transactions from consecutive messages (headers only) and counts the whole ones.
+
+    The same rule as ``FunnelReader.transactions``: a message with another txid starts a
+    new transaction (an aborted one is invisible to read_committed), the ``tf-end``
+    header closes it, heartbeats are not counted.
+    """
+
+    def __init__(self, topic: str, start: int) -> None:
+        self.topic = topic
+        self.transactions = self.events = self.rows = 0
+        self.boundary = start
+        self._txid: bytes | None = None
+        self._events = self._rows = 0
+
+    @property
+    def tally(self) -> Tally:
+        return Tally(self.transactions, self.events, self.rows, self.boundary)
+
+    def add(self, offset: int, key: bytes | None, message_headers: list | None) -> None:
+        """Raises CodecError for a message without timefunnel headers."""
+        meta = headers.decode(message_headers, f"{self.topic}[0] offset {offset}")
+        if key != self._txid:
+            self._txid, self._events, self._rows = key, 0, 0
+        self._events += 1
+        self._rows += meta.rows
+        if meta.ends_transaction:
+            if meta.kind is not Kind.HEARTBEAT:
+                self.transactions += 1
+                self.events += self._events
+                self.rows += self._rows
+            self.boundary = offset + 1
+            self._txid = None
+
+
+class FunnelTally:
+    """A ``TransactionCounter`` fed by its own read_committed consumer from ``start``."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, start: int) -> None:
+        self.counter = TransactionCounter(topic, start)
+        self._stash: list[Message] = []  # fetched beyond the limit of the last advance
+        self.partition = TopicPartition(topic, 0)
+        self.consumer = Consumer(kafka.client(**{
+            "group.id": f"timefunnel-metrics-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+            "queued.max.messages.kbytes": 4096}))
+        try:
+            _, self._end_at_start = self.consumer.get_watermark_offsets(self.partition, timeout=10, cached=False)
+        except KafkaException as exc:
+            self.consumer.close()
+            raise FunnelError(f"metrics: cannot read the watermarks of {topic!r}: {exc}") from exc
+        self.consumer.assign([TopicPartition(topic, 0, start)])
+        # Read everything the funnel held when counting began (a busy funnel never
+        # reports end-of-partition, so this compares the position instead).
+        self.caught_up = start >= self._end_at_start
+
+    @property
+    def tally(self) -> Tally:
+        return self.counter.tally
+
+    def advance(self, limit: int | None = None, budget_s: float = 0.5, wait_s: float = 0.1) -> None:
+        """Count whole transactions lying below ``limit`` (None: as far as the funnel goes).
+
+        Returns after ``budget_s`` at most.  Raises FunnelError when the consumer fails
+        or a message is not a timefunnel event.
+        """
+        deadline = time.monotonic() + budget_s
+        try:
+            while time.monotonic() < deadline:
+                if limit is not None and self.counter.boundary >= limit:
+                    return
+                batch, self._stash = self._stash or self.consumer.consume(1000, timeout=wait_s), []
+                if not batch:
+                    return
+                for index, msg in enumerate(batch):
+                    if msg.error() is not None:
+                        self._check(msg.error())
+                        continue
+                    if limit is not None and msg.offset() >= limit:
+                        self._stash = batch[index:]
+                        return
+                    self.counter.add(msg.offset(), msg.key(), msg.headers())
+        finally:
+            if not self.caught_up:
+                self.caught_up = self.consumer.position([self.partition])[0].offset >= self._end_at_start
+
+    def _check(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        raise FunnelError(f"metrics: reading {self.counter.topic!r} failed: {error.str()}")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Pending work as of ``next_offset``: a consistent pair of tallies, subtracted."""
+
+    next_offset: int
+    transactions: int
+    events: int
+    rows: int
+
+
+class PendingScanner:
+    """Keeps ``pending`` and ``retention_s`` current in a daemon thread (see the module docstring)."""
+
+    def __init__(self, applier, retention_refresh_s: float = 5.0) -> None:
+        self.applier = applier
+        self.retention_refresh_s = retention_refresh_s
+        self.pending: Pending | None = None
+        self.retention_s: float | None = None
+        self.errors = 0
+        self._admin = FunnelAdmin(applier.kafka)
+        self._tail: FunnelTally | None = None
+        self._done: FunnelTally | None = None
+        self._retention_read = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="timefunnel-metrics", daemon=True)
+
+    def start(self) -> "PendingScanner":
+        self._refresh_retention()  # fails loudly at start: the funnel must be describable
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan_once()
+                if time.monotonic() - self._retention_read >= self.retention_refresh_s:
+                    self._refresh_retention()
+            except (TimeFunnelError, KafkaException) as exc:
+                # Metrics must not stop the mirror; the error is logged and counted
+                # (timefunnel_metrics_errors_total) and the scan starts over.
+                self.errors += 1
+                log.warning("metrics: %s", exc)
+                self._rebase(None)
+                self._stop.wait(1.0)
+            except Exception:
+                # A bug: stop counting (the pending series disappear) and say so loudly.
+                self.errors += 1
+                log.exception("metrics: counting the funnel failed; pending counts are no longer reported")
+                self._rebase(None)
+                return
+
+    def scan_once(self) -> None:
+        target = self.applier.position.next_offset
+        if self._done is None or self._done.tally.boundary > target:
+            self._rebase(target)  # first scan, or the mirror moved back (seek undid transactions)
+        self._done.advance(target)
+        self._tail.advance(None)
+        done, tail = self._done.tally, self._tail.tally
+        if done.boundary == target and tail.boundary >= target and self._tail.caught_up:
+            left = tail.minus(done)
+            self.pending = Pending(target, left.transactions, left.events, left.rows)
+
+    def _rebase(self, start: int | None) -> None:
+        for tally in (self._tail, self._done):
+            if tally is not None:
+                tally.close()
+        self._tail = self._done = None
+        self.pending = None
+        if start is not None:
+            topic = self.applier.topic
+            self._tail = FunnelTally(self.applier.kafka, topic, start)
+            self._done = FunnelTally(self.applier.kafka, topic, start)
+
+    def _refresh_retention(self) -> None:
+        self.retention_s = self._admin.describe(self.applier.options.funnel).retention_s
+        self._retention_read = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._rebase(None)
+
+
+# -- the collector --------------------------------------------------------------------
+def mirror_state(applier) -> str:
+    """running | holding | promoted: the applier's ``state`` string if it has one, else its position's mode."""
+    state = getattr(applier, "state", None)
+    if isinstance(state, str):
+        return state
+    return getattr(applier.position, "mode", None) or "running"
+
+
+class ApplierCollector(Collector):
+    """Reads one Applier (and its PendingScanner) whenever Prometheus scrapes."""
+
+    def __init__(self, applier, scanner: PendingScanner, clock=None) -> None:
+        self.applier = applier
+        self.scanner = scanner
+        self.clock = clock or applier.clock
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.applier
+        now = self.clock()
+        labels = [a.options.funnel, a.options.mirror]
+        position = a.position
+        held = list(a.held)  # one C-level copy: the apply thread may change the deque meanwhile
+        oldest = next((h.commit_ts for h in held if h.kind is not Kind.HEARTBEAT), None)
+        retention_s = self.scanner.retention_s
+
+        def gauge(name: str, doc: str, value: float | None) -> Iterable[Metric]:
+            if value is None:
+                return ()
+            family = GaugeMetricFamily(name, doc, labels=["funnel", "mirror"])
+            family.add_metric(labels, value)
+            return (family,)
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            family = CounterMetricFamily(name, doc, labels=["funnel", "mirror"])
+            family.add_metric(labels, value)
+            return family
+
+        yield from gauge("timefunnel_mirror_delay_seconds", "Configured delay of the mirror.", a.delay_us / MICROS)
+        yield from gauge("timefunnel_mirror_valid_as_of_timestamp_seconds",
+                         "The mirror shows production as of this time (unix seconds).",
+                         position.valid_as_of / MICROS if position.valid_as_of else None)
+        yield from self._pending(labels)
+        yield from gauge("timefunnel_pending_offsets",
+                         "Funnel high watermark minus the mirror's next offset: Kafka lag, including "
+                         "heartbeats and transaction markers.", max(0, a.high_watermark - position.next_offset))
+        yield from gauge("timefunnel_buffered_rows", "Rows held in the applier's memory, waiting to be due.",
+                         a.held_rows)
+        yield from gauge("timefunnel_oldest_pending_age_seconds",
+                         "Age of the oldest pending (not yet applied) transaction; 0 when none.",
+                         (now - oldest) / MICROS if oldest else 0.0)
+        yield from gauge("timefunnel_behind_schedule_seconds",
+                         "How late the oldest pending transaction is against commit time + delay.",
+                         schedule.seconds_behind(oldest, a.delay_us, now))
+        yield from gauge("timefunnel_funnel_retention_seconds", "Retention of the funnel topic.", retention_s)
+        yield from gauge("timefunnel_retention_headroom_seconds",
+                         "Time until the oldest pending transaction expires from the funnel "
+                         "(its commit time + retention - now); +Inf for unlimited retention.",
+                         None if retention_s is None else
+                         math.inf if math.isinf(retention_s) else ((oldest or now) + retention_s * MICROS - now) / MICROS)
+        state = GaugeMetricFamily("timefunnel_mirror_state", "1 for the mirror's current state, else 0.",
+                                  labels=["funnel", "mirror", "state"])
+        current = mirror_state(a)
+        for name in STATES + ((current,) if current not in STATES else ()):
+            state.add_metric(labels + [name], 1.0 if name == current else 0.0)
+        yield state
+        yield counter("timefunnel_applied_transactions", "Transactions applied to the mirror (heartbeats not "
+                      "counted) since the applier started.", a.stats.applied_transactions)
+        yield counter("timefunnel_applied_rows", "Row changes applied to the mirror since the applier started.",
+                      a.stats.applied_rows)
+        yield counter("timefunnel_apply_commits", "Database transactions (group commits) on the mirror since "
+                      "the applier started.", a.stats.commits)
+        yield counter("timefunnel_metrics_errors", "Failed attempts of the metrics thread to read the funnel.",
+                      self.scanner.errors)
+
+    def _pending(self, labels: list[str]) -> Iterator[Metric]:
+        pending = self.scanner.pending
+        if pending is None:
+            return
+        for name, doc, value in (
+                ("timefunnel_pending_transactions", "Whole transactions (heartbeats not counted) in the funnel at "
+                 "or after the mirror's next offset.", pending.transactions),
+                ("timefunnel_pending_events", "Kafka messages of the pending transactions.", pending.events),
+                ("timefunnel_pending_rows", "Row changes in the pending transactions.", pending.rows)):
+            family = GaugeMetricFamily(name, doc, labels=["funnel", "mirror"])
+            family.add_metric(labels, value)
+            yield family
+
+
+# -- apply durations ------------------------------------------------------------------
+class _TimedSink:
+    """Times each group commit into the mirror database, for appliers without ``apply_observers``."""
+
+    def __init__(self, sink, observe) -> None:
+        self._sink = sink
+        self._observe = observe
+
+    def apply(self, transactions, position):
+        started = time.perf_counter()
+        rows = self._sink.apply(transactions, position)
+        if transactions:  # an empty apply only stores a position (seek, promote)
+            self._observe(time.perf_counter() - started)
+        return rows
+
+    def __getattr__(self, name: str):
+        return getattr(self._sink, name)
+
+
+def observe_apply_durations(applier, histogram) -> None:
+    """Feed ``histogram`` with the duration of every group commit (decode + write + commit).
+
+    Uses the applier's ``apply_observers`` hook when it has one; else times the sink's
+    ``apply`` (write + commit only, without decoding).
+    """
+    observers = getattr(applier, "apply_observers", None)
+    if observers is not None:
+        observers.append(lambda seconds, *_: histogram.observe(seconds))
+    else:
+        applier.sink = _TimedSink(applier.sink, histogram.observe)
+
+
+# -- the endpoint ---------------------------------------------------------------------
+class MetricsEndpoint:
+    """The HTTP server of ``/metrics`` and what feeds it; ``close()`` stops both."""
+
+    def __init__(self, server, scanner: PendingScanner | None, url: str) -> None:
+        self.server = server
+        self.scanner = scanner
+        self.url = url
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.scanner is not None:
+            self.scanner.close()
+
+
+def registry_for(applier, scanner: PendingScanner) -> CollectorRegistry:
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(ApplierCollector(applier, scanner))
+    histogram = Histogram("timefunnel_apply_duration_seconds", "Duration of one group commit onto the mirror.",
+                          ["funnel", "mirror"], registry=registry, buckets=APPLY_BUCKETS)
+    observe_apply_durations(applier, histogram.labels(applier.options.funnel, applier.options.mirror))
+    return registry
+
+
+def start_http(registry: CollectorRegistry, port: int, addr: str):
+    """Serve ``registry`` on http://addr:port/metrics (port 0: any free port). Returns (server, url).
+
+    Raises ConfigError when the address cannot be bound.
+    """
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
+                          hint="choose another --metrics-port (0 picks a free one) or --metrics-addr") from exc
+    host = f"[{addr}]" if ":" in addr else addr
+    return server, f"http://{host}:{server.server_port}/metrics"
+
+
+def serve(applier, port: int, addr: str = "127.0.0.1", retention_refresh_s: float = 5.0) -> MetricsEndpoint:
+    """Expose ``applier`` (already started) on /metrics. Raises ConfigError, FunnelError."""
+    scanner = PendingScanner(applier, retention_refresh_s).start()
+    try:
+        server, url = start_http(registry_for(applier, scanner), port, addr)
+    except BaseException:
+        scanner.close()
+        raise
+    return MetricsEndpoint(server, scanner, url)

@@ -1,0 +1,94 @@
+"""Prometheus metrics of a running capture, read from the Capture and its publisher at scrape time.
+
+Counters are the publisher's own tallies since the process started: transactions
+(snapshots and source transactions; heartbeats are not transactions), events (Kafka
+messages, heartbeats included, so a healthy idle capture still counts up once per
+heartbeat interval), rows and encoded bytes.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from funnel.errors import ConfigError
+
+MICROS = 1_000_000
+
+
+class CaptureCollector(Collector):
+    """Reads one Capture whenever Prometheus scrapes."""
+
+    def __init__(self, capture) -> None:
+        self.capture = capture
+
+    def collect(self) -> Iterator[Metric]:
+        publisher, stats = self.capture.publisher, self.capture.stats
+        labels = [publisher.funnel, publisher.source]
+
+        def family(kind, name: str, doc: str, value: float | None):
+            if value is None:
+                return ()
+            metric = kind(name, doc, labels=["funnel", "source"])
+            metric.add_metric(labels, value)
+            return (metric,)
+
+        yield from family(CounterMetricFamily, "timefunnel_published_transactions",
+                          "Source transactions and initial copies published into the funnel.",
+                          publisher.published_transactions)
+        yield from family(CounterMetricFamily, "timefunnel_published_events",
+                          "Kafka messages published into the funnel, heartbeats included.", publisher.published_events)
+        yield from family(CounterMetricFamily, "timefunnel_published_rows", "Row changes published into the funnel.",
+                          publisher.published_rows)
+        yield from family(CounterMetricFamily, "timefunnel_published_bytes",
+                          "Encoded bytes of the published events (before Kafka compression).",
+                          publisher.published_bytes)
+        yield from family(CounterMetricFamily, "timefunnel_snapshot_rows",
+                          "Rows read for the initial copy by this process.", stats.snapshot_rows)
+        yield from family(GaugeMetricFamily, "timefunnel_capture_lag_seconds",
+                          "Source commit to committed in Kafka, for the last published transaction "
+                          "(0 after an idle heartbeat).", stats.capture_lag_s)
+        yield from family(GaugeMetricFamily, "timefunnel_source_position",
+                          "Source position (LSN, changelog sequence) published last.", stats.position)
+        yield from family(GaugeMetricFamily, "timefunnel_source_last_commit_timestamp_seconds",
+                          "Source commit time of the last published transaction (unix seconds).",
+                          stats.last_commit_ts / MICROS if stats.last_commit_ts else None)
+
+
+class MetricsEndpoint:
+    def __init__(self, server, url: str) -> None:
+        self.server = server
+        self.url = url
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def registry_for(capture) -> CollectorRegistry:
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(CaptureCollector(capture))
+    return registry
+
+
+def serve(capture, port: int, addr: str = "127.0.0.1") -> MetricsEndpoint:
+    """Serve the capture's metrics on http://addr:port/metrics (port 0: any free port).
+
+    Raises ConfigError when the address cannot be bound.
+    """
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=registry_for(capture))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
+                          hint="choose another --metrics-port (0 picks a free one) or --metrics-addr") from exc
+    host = f"[{addr}]" if ":" in addr else addr
+    return MetricsEndpoint(server, f"http://{host}:{server.server_port}/metrics")
