@@ -28,7 +28,7 @@ from typing import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from applier import schedule
-from applier.pointintime import PointInTimeError, Target, make_plan, refuse_if_promoted, undo_back
+from applier.pointintime import Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
 from funnel import headers

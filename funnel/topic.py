@@ -82,7 +82,7 @@ class FunnelAdmin:
         existing = self.topics()
         if data_topic(spec.name) in existing:
             raise FunnelError(f"funnel {spec.name!r} already exists",
-                              hint=f"change its retention with kafka-configs, or pick another name")
+                              hint="change its retention with kafka-configs, or pick another name")
         wanted = [NewTopic(data_topic(spec.name), 1, spec.replication_factor, config=spec.data_config())]
         if control_topic(spec.name) not in existing:
             wanted.append(NewTopic(control_topic(spec.name), 1, spec.replication_factor,

@@ -16,7 +16,6 @@ from typing import Callable, Protocol
 
 from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError
-from funnel.events import TableChanges
 from producer.publisher import EventPublisher, now_us
 from producer.sources.base import SourceTransaction
 

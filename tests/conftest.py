@@ -68,6 +68,25 @@ def topic_name() -> str:
     return f"tf-test-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture
+def funnel_name(bootstrap, topic_name) -> str:
+    """A fresh funnel (data and control topics, retention 1 day), made with the real CLI."""
+    from tests.support.processes import run_funnel
+
+    result = run_funnel(bootstrap, "create", topic_name, "--retention", "1d")
+    assert result.returncode == 0, result.stderr
+    return topic_name
+
+
+@pytest.fixture
+def procs():
+    """Background `funnel` processes started by a test; stopped (SIGTERM) at its end."""
+    started: list = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     explicit = os.environ.get("FUNNEL_TEST_POSTGRES")

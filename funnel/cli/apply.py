@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, setup_logging,
-                                stop_on_signals)
+from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, metrics_options,
+                                setup_logging, stop_on_signals)
 from funnel.topic import FunnelAdmin
 
 
@@ -23,11 +23,7 @@ from funnel.topic import FunnelAdmin
 @click.option("--until-caught-up", is_flag=True,
               help="Exit once everything due is applied and the funnel has nothing more (batch runs, benches).")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the applier does.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
-              help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
-                   "[env FUNNEL_METRICS_PORT; default: no endpoint].")
-@click.option("--metrics-addr", default="127.0.0.1", show_default=True, envvar="FUNNEL_METRICS_ADDR",
-              help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")
+@metrics_options
 @kafka_options
 def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buffer_rows: int,
           create_tables: bool, until_caught_up: bool, verbose: bool, metrics_port: int | None, metrics_addr: str,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, setup_logging,
-                                stop_on_signals)
+from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, metrics_options,
+                                setup_logging, stop_on_signals)
 from funnel.topic import FunnelAdmin
 
 
@@ -29,11 +29,7 @@ from funnel.topic import FunnelAdmin
 @click.option("--chunk-rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Rows per Kafka message; larger transactions span several messages.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the capture does.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
-              help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
-                   "[env FUNNEL_METRICS_PORT; default: no endpoint].")
-@click.option("--metrics-addr", default="127.0.0.1", show_default=True, envvar="FUNNEL_METRICS_ADDR",
-              help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")
+@metrics_options
 @kafka_options
 def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool,
             replica_identity_full: bool, publication: str | None, slot: str | None, source_name: str | None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from funnel.cli.options import DURATION, funnel_option, kafka_options, kafka_settings
+from funnel.cli.options import DURATION, kafka_options, kafka_settings
 from funnel.control import ControlChannel
 from funnel.timeparse import format_duration
 from funnel.topic import FunnelAdmin, FunnelSpec

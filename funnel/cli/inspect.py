@@ -5,7 +5,7 @@ Reads with its own throwaway consumer (no group that matters, nothing committed)
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any
 
 import click
 

@@ -23,6 +23,15 @@ def kafka_options(command: Callable) -> Callable:
     return command
 
 
+def metrics_options(command: Callable) -> Callable:
+    """--metrics-port and --metrics-addr (loopback unless told otherwise) for long-running commands."""
+    command = click.option("--metrics-addr", default="127.0.0.1", show_default=True, envvar="FUNNEL_METRICS_ADDR",
+                           help="Address the metrics endpoint binds to [env FUNNEL_METRICS_ADDR].")(command)
+    return click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="FUNNEL_METRICS_PORT",
+                        help="Serve Prometheus metrics on this port at /metrics, 0 for any free port "
+                             "[env FUNNEL_METRICS_PORT; default: no endpoint].")(command)
+
+
 def funnel_option(command: Callable) -> Callable:
     return click.option("--funnel", "-f", "funnel_name", required=True, envvar="FUNNEL_NAME",
                         help="The funnel (Kafka topic) name [env FUNNEL_NAME].")(command)

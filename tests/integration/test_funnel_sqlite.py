@@ -25,21 +25,6 @@ from tests.support.writer import create_schema
 TABLES = ["events", "counters"]
 
 
-@pytest.fixture
-def funnel_name(bootstrap, topic_name) -> str:
-    result = run_funnel(bootstrap, "create", topic_name, "--retention", "1d")
-    assert result.returncode == 0, result.stderr
-    return topic_name
-
-
-@pytest.fixture
-def procs():
-    started: list[Background] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def capture(bootstrap, procs, tmp_path, prod: Path, funnel: str, *extra: str) -> Background:
     proc = Background(bootstrap, tmp_path / f"capture-{len(procs)}.log", "capture", f"sqlite://{prod}",
                       "--funnel", funnel, *extra)

@@ -14,7 +14,6 @@ import subprocess
 import urllib.parse
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 

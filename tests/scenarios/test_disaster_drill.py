@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from funnel.timeparse import format_time
 from tests.support.processes import Background, run_funnel, table_rows, wait_for
@@ -109,21 +108,6 @@ def snapshot_applied(mirror: Path) -> bool:
 
 def rows(db: Path) -> dict[str, list[tuple]]:
     return {table: table_rows(db, table) for table in TABLES}
-
-
-@pytest.fixture
-def funnel_name(bootstrap, topic_name) -> str:
-    result = run_funnel(bootstrap, "create", topic_name, "--retention", "1d")
-    assert result.returncode == 0, result.stderr
-    return topic_name
-
-
-@pytest.fixture
-def procs():
-    started: list[Background] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def start(bootstrap, procs, tmp_path, *args: str) -> Background:
