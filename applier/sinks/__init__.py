@@ -28,7 +28,7 @@ def sqlite_path(url: str) -> str:
 
 def open_sink(url: str, create_tables: bool = False,
               table_definitions: Callable[[], dict[str, dict]] | None = None) -> Sink:
-    """Open the mirror database at ``url`` (``sqlite:///path``).
+    """Open the mirror database at ``url`` (``sqlite:///path``, ``postgresql://user@host:port/db``).
 
     ``create_tables`` and ``table_definitions`` (production's tables as the capture
     published them, see ``ControlChannel.table_definitions``) matter to sinks that
@@ -43,7 +43,11 @@ def open_sink(url: str, create_tables: bool = False,
         from applier.sinks.sqlite import SqliteSink
 
         return SqliteSink(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from applier.sinks.postgres import PostgresSink
+
+        return PostgresSink(url, create_tables=create_tables, table_definitions=table_definitions)
     raise ConfigError(
         f"unsupported mirror URL scheme {scheme or '(none)'!r} in {url!r}",
-        hint="Use sqlite:///path/to/mirror.db",
+        hint="Use sqlite:///path/to/mirror.db or postgresql://user@host:port/database",
     )
