@@ -18,7 +18,7 @@ from funnel.topic import FunnelAdmin
               help="PostgreSQL: set REPLICA IDENTITY FULL on the captured tables (needs ownership), so updates "
                    "and deletes carry whole before images (what backward seek needs).")
 @click.option("--publication", default=None, metavar="NAME",
-              help="PostgreSQL: use this existing publication instead of creating timefunnel_<slot> "
+              help="PostgreSQL: use this existing publication instead of creating one named like the slot "
                    "(for a role that does not own the tables).")
 @click.option("--slot", default=None, metavar="NAME",
               help="PostgreSQL: the logical replication slot [default: timefunnel_<funnel>].")
