@@ -402,6 +402,10 @@ class Applier:
         if command.kind == "promote":
             self._persist(replace(self.position, hold_until=None, promoted_at=self.clock(),
                                   promote_target=command.to, excluded_txids=command.excluded))
+            after_promote = getattr(self.sink, "after_promote", None)
+            if after_promote is not None:  # PostgreSQL: sequences catch up with the applied keys
+                moved = after_promote()
+                log.info("mirror %s: advanced sequences %s", self.options.mirror, ", ".join(moved) or "(none)")
             self.finished = True
             log.info("mirror %s promoted at target %s", self.options.mirror, command.to)
         command.state = "done"

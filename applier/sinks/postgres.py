@@ -60,6 +60,7 @@ from applier.sinks.postgres_sql import (
     copy_sql,
     create_schema_sql,
     create_stage_sql,
+    quote_ident,
     create_state_table_sql,
     create_table_sql,
     delete_sql,
@@ -285,6 +286,25 @@ class PostgresSink:
         self._conn.close()
 
     # -- position -------------------------------------------------------------------
+    def after_promote(self) -> list[str]:
+        """Move every sequence behind a serial or identity column past the column's largest value.
+
+        The mirror received those values from production without drawing them from its
+        own sequences; after a takeover the applications insert here, and the next
+        value must not collide. Returns the sequences moved. Raises SinkError.
+        """
+        self._ensure_connected()
+        try:
+            with self._conn.transaction():
+                owned = self._conn.execute(_OWNED_SEQUENCES).fetchall()
+                for sequence, table, column in owned:
+                    self._conn.execute(
+                        f"SELECT setval(%s::regclass, coalesce(max({quote_ident(column)}), 1), max({quote_ident(column)}) "
+                        f"IS NOT NULL) FROM {table}", (sequence,))
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot advance the mirror's sequences after the promotion: {exc}") from exc
+        return [sequence for sequence, _, _ in owned]
+
     def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None:
         """The stored position for (funnel, mirror), or None.  Raises SinkError."""
         self._ensure_connected()
@@ -532,6 +552,19 @@ class PostgresSink:
 
     def _write_position(self, position: MirrorPosition) -> None:
         self._conn.execute(_POSITION_UPSERT, position_to_row(position))
+
+
+# Sequences owned by a column (serial: deptype 'a') or backing an identity column ('i').
+_OWNED_SEQUENCES = """
+SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
 
 
 def _find_definition(definitions: dict[str, dict[str, Any]], source: str) -> dict[str, Any] | None:

@@ -115,6 +115,7 @@ SHOP = """
 CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL);
 CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer, total numeric(10, 2), placed timestamptz);
 CREATE TABLE items (id integer PRIMARY KEY, order_id integer, sku text, qty integer);
+CREATE TABLE tickets (id bigserial PRIMARY KEY, note text);
 """
 
 
@@ -140,21 +141,23 @@ class Shop:
                     conn.execute("INSERT INTO items VALUES (%s, %s, 'sku', %s)", (n, n, rng.randrange(1, 9)))
                     if n > 5:
                         conn.execute("UPDATE orders SET total = total + 1 WHERE id = %s", (rng.randrange(1, n),))
+                    if n % 4 == 0:
+                        conn.execute("INSERT INTO tickets (note) VALUES (%s)", (f"ticket {n}",))
                 time.sleep(0.005)
 
     def contents(self) -> dict[str, list[tuple]]:
-        return {table: as_text(self.url, table) for table in ("customers", "orders", "items")}
+        return {table: as_text(self.url, table) for table in ("customers", "orders", "items", "tickets")}
 
 
 def test_disaster_drill_on_postgresql(bootstrap, funnel_name, databases, procs, tmp_path):
     prod, mirror = databases
-    with psycopg.connect(prod, autocommit=True) as conn:
-        conn.execute(SHOP)
+    for url in (prod, mirror):  # the operator creates the mirror's schema from production's (pg_dump -s)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SHOP)
     shop = Shop(prod)
     shop.thread.start()
     start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "10s",
-          "--create-tables")
+    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "10s")
     time.sleep(random.uniform(3, 5))
     with shop.lock:  # between two application transactions: what production held just before the error
         before_error = shop.contents()
@@ -164,6 +167,8 @@ def test_disaster_drill_on_postgresql(bootstrap, funnel_name, databases, procs, 
     shop.stop.set()
     shop.thread.join(10)
     assert deleted > 10
+    before_error_tickets = before_error["tickets"]
+    assert before_error_tickets
 
     found = run_funnel(bootstrap, "inspect", "--funnel", funnel_name, "--op", "delete", "--table", "orders",
                        "--json")
@@ -176,6 +181,11 @@ def test_disaster_drill_on_postgresql(bootstrap, funnel_name, databases, procs, 
     assert promoted.returncode == 0, promoted.stderr
     mirrored = {table: as_text(mirror, table) for table in before_error}
     assert mirrored == before_error
+    # The applications move to the promoted mirror: its serial keys continue after the applied ones.
+    with psycopg.connect(mirror, autocommit=True) as conn:
+        conn.execute("INSERT INTO tickets (note) VALUES ('written after the takeover')")
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM tickets").fetchone() == (
+            len(before_error_tickets) + 1, len(before_error_tickets) + 1)
     env = dict(line.split("=", 1) for line in hook_env.read_text().splitlines())
     assert env["FUNNEL_MIRROR"] == "pg" and env["FUNNEL_TARGET_TIME"] == bad[0]["commit_ts"]
     assert env["FUNNEL_SINK_URL"].startswith("postgresql://")
