@@ -37,13 +37,15 @@ def write_application(path: Path, rows: int, source: SqliteSource) -> float:
     rng = random.Random(5)
     conn = sqlite3.connect(path, isolation_level=None)
     started = time.perf_counter()
+    next_id = 0
     for first in range(0, rows, 100):
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(i, f"customer-{i % 977}", i % 13, i * 0.5, "größe ✓", i % 2, rng.randbytes(16),
-                           "2026-11-29T12:00:00Z") for i in range(first, first + 80)])
-        conn.executemany("UPDATE orders SET qty = qty + 1 WHERE id = ?",
-                         [(rng.randrange(0, first + 80),) for _ in range(20)])
+                           "2026-11-29T12:00:00Z") for i in range(next_id, next_id + 80)])
+        next_id += 80
+        conn.executemany("UPDATE orders SET qty = qty + 1 WHERE id = ?",  # every update hits a row
+                         [(rng.randrange(0, next_id),) for _ in range(20)])
         conn.execute("COMMIT")
         if first % 10_000 == 0:
             source.seal()
