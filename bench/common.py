@@ -41,9 +41,13 @@ def new_funnel(kafka: KafkaSettings, retention_s: float = 7 * 86400) -> str:
 
 
 def publish_all(kafka: KafkaSettings, funnel: str, transactions: Iterator[SourceTransaction],
-                per_kafka_tx: int = 500, snapshot: bool = True) -> int:
-    """Publish an (empty) initial copy marker and then every transaction; returns rows."""
-    publisher = EventPublisher(kafka, funnel, "bench")
+                per_kafka_tx: int = 500, snapshot: bool = True, snapshot_ts: int | None = None) -> int:
+    """Publish an (empty) initial copy marker and then every transaction; returns rows.
+
+    ``snapshot_ts`` dates the initial copy (µs); give one before the first transaction's
+    commit time when the traffic is back-dated, so the funnel's time runs forward.
+    """
+    publisher = EventPublisher(kafka, funnel, "bench", **({"clock": lambda: snapshot_ts} if snapshot_ts else {}))
     publisher.start()
     if snapshot:
         publisher.publish_snapshot(0, iter(()))

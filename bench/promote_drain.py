@@ -72,7 +72,8 @@ def main() -> None:
     with broker() as kafka, tempfile.TemporaryDirectory() as tmp:
         funnel = new_funnel(kafka)
         started = time.perf_counter()
-        rows = publish_all(kafka, funnel, traffic(args.hours, args.tps), per_kafka_tx=2000)
+        first = next(traffic(args.hours, args.tps)).commit_ts
+        rows = publish_all(kafka, funnel, traffic(args.hours, args.tps), per_kafka_tx=2000, snapshot_ts=first - 1)
         publish_seconds = time.perf_counter() - started
         mirror, hook_file = Path(tmp, "mirror.db"), Path(tmp, "hook.ts")
         make_mirror(kafka, funnel, mirror)

@@ -31,7 +31,7 @@ def main() -> None:
         funnel = new_funnel(kafka)
         transactions = list(traffic(args.transactions / 3600 / tps, tps))
         first_commit = transactions[0].commit_ts
-        rows = publish_all(kafka, funnel, iter(transactions), per_kafka_tx=2000)
+        rows = publish_all(kafka, funnel, iter(transactions), per_kafka_tx=2000, snapshot_ts=first_commit - 1)
         mirror = Path(tmp, "mirror.db")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         started = time.perf_counter()
