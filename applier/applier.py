@@ -239,16 +239,24 @@ class Applier:
                      "and give the funnel a longer retention")
 
     def _refresh_watermarks(self, force: bool = False) -> None:
+        """Low and high watermark of the funnel partition.
+
+        ``force`` asks the broker. Otherwise, at most once a second, the values that
+        fetch responses keep in librdkafka's cache: asking the broker costs a round trip
+        that waits behind the consumer's own fetches (~0.2 s measured under load).
+        """
         if not force and time.monotonic() - self._last_watermarks < 1.0:
             return
         try:
-            self.low_watermark, self.high_watermark = self._consumer.get_watermark_offsets(
-                self.partition, timeout=10, cached=False)
+            low, high = self._consumer.get_watermark_offsets(self.partition, timeout=10, cached=not force)
+            if low < 0 or high < 0:  # nothing cached yet
+                low, high = self._consumer.get_watermark_offsets(self.partition, timeout=10, cached=False)
         except KafkaException as exc:
             if force:
                 raise kafka_error(exc, f"cannot read funnel {self.options.funnel!r}") from exc
             log.warning("cannot read watermarks of %s: %s", self.topic, exc)
             return
+        self.low_watermark, self.high_watermark = low, high
         self._last_watermarks = time.monotonic()
 
     # -- the loop -----------------------------------------------------------------
@@ -378,17 +386,23 @@ class Applier:
             return False
         if self.held:
             return self.held[0].commit_ts >= hold
-        if self.assembler.open is not None:
-            return False
-        self._refresh_watermarks(force=True)
-        position = self._consumer.position([self.partition])[0].offset
-        return max(position, self.position.next_offset) >= self.high_watermark
+        return self._read_to_end()
 
     def caught_up(self) -> bool:
         """Nothing held and nothing more in the funnel (after the due work is applied)."""
-        if self.held or self.assembler.open is not None:
+        return not self.held and self._read_to_end()
+
+    def _read_to_end(self) -> bool:
+        """Everything the funnel holds has been received; confirmed with the broker when it seems so."""
+        if self.assembler.open is not None:
+            return False
+        self._refresh_watermarks()
+        if not self._position_at_high_watermark():
             return False
         self._refresh_watermarks(force=True)
+        return self._position_at_high_watermark()
+
+    def _position_at_high_watermark(self) -> bool:
         position = self._consumer.position([self.partition])[0].offset
         return max(position, self.position.next_offset) >= self.high_watermark
 
