@@ -77,6 +77,7 @@ class Capture:
         self.stats = CaptureStats()
         self._last_publish = 0.0
         self._last_status = 0.0
+        self._closing = False
 
     def start(self) -> int:
         """Install capture, find the resume position, make the initial copy if the funnel has none."""
@@ -143,7 +144,8 @@ class Capture:
         return len(transactions) >= self.options.groups_per_publish, position
 
     def status(self) -> dict:
-        return {"source": self.publisher.source, "funnel": self.publisher.funnel, "state": "running",
+        return {"source": self.publisher.source, "funnel": self.publisher.funnel,
+                "state": "stopped" if self._closing else "running",
                 "position": self.stats.position, "last_commit_ts": self.stats.last_commit_ts,
                 "capture_lag_s": self.stats.capture_lag_s,
                 "published_transactions": self.publisher.published_transactions,
@@ -163,6 +165,7 @@ class Capture:
             log.warning("cannot publish capture status: %s", exc)
 
     def close(self) -> None:
+        self._closing = True  # the last status record says the capture stopped
         try:
             self._publish_status(force=True)
             if self.control is not None:

@@ -32,10 +32,11 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that `funnel --help` stays fast and the modules stay separate.
-    from funnel.cli import apply, broker, capture, create, delay, demo, inspect, promote, seek, status
+    from funnel.cli import apply, broker, capture, create, delay, demo, inspect, promote, seek, status, switchback
 
     for command in (broker.broker, create.create, capture.capture, apply.apply, delay.delay,
-                    status.status, inspect.inspect, seek.seek, seek.resume, promote.promote, demo.demo):
+                    status.status, inspect.inspect, seek.seek, seek.resume, promote.promote,
+                    switchback.switchback, demo.demo):
         main.add_command(command)
 
 
