@@ -28,7 +28,7 @@ from typing import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from applier import schedule
-from applier.pointintime import Target, make_plan, refuse_if_promoted, undo_back
+from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
 from funnel import headers
@@ -331,8 +331,10 @@ class Applier:
             self._publish_status(force=True)
 
     # -- seek, resume, promote ------------------------------------------------------
-    def execute(self, command: Command) -> None:
+    def execute(self, command: Command, plan: Plan | None = None) -> None:
         """Start a seek/resume/promote. Seek and promote then proceed in the loop until ``command_done``.
+
+        ``plan`` is a plan already made for this position and target, if any.
 
         Raises PointInTimeError (and UndoError, CodecError) when the target cannot be reached;
         the mirror is unchanged then, except for transactions already undone atomically.
@@ -346,7 +348,10 @@ class Applier:
             command.state = "done"
             return
         with FunnelReader(self.kafka, self.options.funnel) as reader:
-            plan = make_plan(reader, self.position, Target(command.to, command.excluded))
+            # A plan made by the caller for this very position (the CLI's, shown to the
+            # operator) is reused: planning scans the whole funnel.
+            if plan is None or plan.next_offset != self.position.next_offset or plan.to != command.to:
+                plan = make_plan(reader, self.position, Target(command.to, command.excluded))
             command.to = plan.to
             # Hold first, in its own database transaction: a crash from here on restarts
             # holding at the target instead of running ahead with the delay.

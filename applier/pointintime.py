@@ -75,9 +75,10 @@ def refuse_if_promoted(position: MirrorPosition | None) -> None:
 def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) -> Plan:
     """Classify every transaction the funnel holds against the mirror's position and the target.
 
-    Two streaming passes over the headers (memory stays flat however deep the funnel):
-    the first finds the funnel's time range, the excluded transactions and where undo
-    must start; the second counts what will be undone, applied and left out.
+    Streaming passes over the headers (memory stays flat however deep the funnel): the
+    funnel's time range comes from its first and last transactions (a full pass only
+    when excluded txids must be found); one full pass counts what will be undone,
+    applied and left out.
     Raises PointInTimeError for a target after the newest event in the funnel, a target
     that needs undo of transactions the funnel no longer holds, an unknown excluded
     txid, or a promoted mirror.
@@ -87,16 +88,9 @@ def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) ->
     if position.next_offset < low:
         raise PointInTimeError(f"events before offset {low} expired before mirror {position.mirror!r} applied them",
                                hint="re-initialise the mirror")
-    oldest = newest = None
     excluded = set(target.excluded)
-    found: set[str] = set()
-    for summary in reader.transactions(low, high):
-        oldest = summary.commit_ts if oldest is None else oldest
-        newest = summary.commit_ts
-        if summary.txid in excluded:
-            found.add(summary.txid)
-    if newest is None:
-        raise PointInTimeError("the funnel holds no events")
+    oldest, newest = _time_range(reader, low, high)
+    found = {s.txid for s in reader.transactions(low, high) if s.txid in excluded} if excluded else set()
     to = newest + 1 if target.to is None else target.to
     _check_target(position, target, to, oldest, newest, found, low)
     plan = Plan(position.mirror, to, position.next_offset, valid_as_of=position.valid_as_of)
@@ -120,6 +114,22 @@ def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) ->
             plan.apply_rows += summary.rows
     plan.undo_from_offset = undo_from
     return plan
+
+
+def _time_range(reader: FunnelReader, low: int, high: int) -> tuple[int, int]:
+    """Commit times of the funnel's first and last transactions, read from its two ends."""
+    first = next(iter(reader.transactions(low, high)), None)
+    if first is None:
+        raise PointInTimeError("the funnel holds no events")
+    window = 64
+    while True:  # a window may start inside a transaction: its commit time is still right
+        start = max(low, high - window)
+        last = None
+        for last in reader.transactions(start, high):
+            pass
+        if last is not None or start == low:
+            return first.commit_ts, (last or first).commit_ts
+        window *= 8
 
 
 def _check_target(position: MirrorPosition, target: Target, to: int, oldest: int, newest: int, found: set[str],

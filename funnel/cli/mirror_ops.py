@@ -138,7 +138,7 @@ def _in_process(handle: MirrorHandle, command: Command, plan: Plan) -> dict[str,
     progress = Progress(command, plan)
     applier.start()
     try:
-        applier.execute(command)
+        applier.execute(command, plan)
     except BaseException:
         applier.close()
         raise
