@@ -57,10 +57,11 @@ def baseline_rows_per_s(rows: int, directory: str) -> float:
     return rows / seconds
 
 
-def drain(kafka, funnel: str, mirror: Path) -> tuple[float, float]:
-    """Run `funnel apply --until-caught-up`; returns (seconds, peak RSS MB of that process)."""
+def drain(kafka, funnel: str, mirror: Path | str) -> tuple[float, float]:
+    """Run `funnel apply --until-caught-up` into a SQLite file or a sink URL; returns (seconds, peak RSS MB)."""
+    url = mirror if isinstance(mirror, str) else f"sqlite://{mirror}"
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "funnel.cli", "apply", f"sqlite://{mirror}", "--funnel", funnel,
+    process = subprocess.Popen([sys.executable, "-m", "funnel.cli", "apply", url, "--funnel", funnel,
                                 "--mirror", "bench", "--delay", "0s", "--until-caught-up",
                                 "--bootstrap", kafka.bootstrap], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     # Peak RSS since exec (VmHWM): rusage's ru_maxrss would also count the forked copy of
