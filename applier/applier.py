@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -31,10 +31,9 @@ from applier import schedule
 from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
-from funnel import headers
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel, command_key, decode_record, delay_key, status_key
-from funnel.reader import FunnelReader
+from funnel.reader import Assembler, FunnelReader, TransactionSummary
 from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
@@ -66,19 +65,6 @@ class ApplierOptions:
             raise ConfigError("the delay cannot be negative")
         if self.buffer_rows < 1 or self.max_commit_rows < 1:
             raise ConfigError("buffer and commit sizes must be positive")
-
-
-@dataclass(slots=True)
-class HeldTransaction:
-    """A whole transaction read from the funnel, still encoded."""
-
-    txid: str
-    commit_ts: int
-    kind: Kind
-    first_offset: int
-    last_offset: int
-    rows: int = 0
-    payloads: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -114,34 +100,6 @@ class Command:
                 "undone_transactions": stats.undone_transactions, "undone_rows": stats.undone_rows}
 
 
-class Assembler:
-    """Groups consecutive messages of one transaction; yields it when its last chunk arrives."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.open: HeldTransaction | None = None
-
-    def add(self, msg: Message) -> HeldTransaction | None:
-        where = f"{self.topic}[{msg.partition()}] offset {msg.offset()}"
-        meta = headers.decode(msg.headers(), where)
-        txid = (msg.key() or b"").decode()
-        if self.open is not None and self.open.txid != txid:
-            # A producer never interleaves transactions; a cut one was aborted and is
-            # invisible to read_committed. Anything else is a corrupt funnel.
-            raise FunnelError(f"{where}: transaction {txid!r} starts before {self.open.txid!r} ended",
-                              hint="the funnel has a writer that is not a timefunnel producer")
-        if self.open is None:
-            self.open = HeldTransaction(txid, meta.commit_ts, meta.kind, msg.offset(), msg.offset())
-        held = self.open
-        held.last_offset = msg.offset()
-        held.rows += meta.rows
-        held.payloads.append(msg.value())
-        if meta.ends_transaction:
-            self.open = None
-            return held
-        return None
-
-
 class Applier:
     """One mirror following one funnel with a delay."""
 
@@ -157,9 +115,9 @@ class Applier:
         self.partition = TopicPartition(self.topic, 0)
         self.control = ControlChannel(kafka, options.funnel)
         self.stats = ApplierStats()
-        self.held: deque[HeldTransaction] = deque()
+        self.held: deque[TransactionSummary] = deque()
         self.held_rows = 0
-        self.assembler = Assembler(self.topic)
+        self.assembler = Assembler(self.topic, keep_payloads=True)
         self.delay_us = 0
         self.position: MirrorPosition | None = None
         self.paused = False
@@ -370,7 +328,7 @@ class Applier:
         # new consumer (librdkafka would keep reporting the old position after a re-assign).
         self.held.clear()
         self.held_rows = 0
-        self.assembler = Assembler(self.topic)
+        self.assembler = Assembler(self.topic, keep_payloads=True)
         control_offset = self._control_offset()
         self._consumer.close()
         self._consumer = self._new_consumer()
@@ -440,7 +398,7 @@ class Applier:
             self.paused = False
 
     # -- applying -----------------------------------------------------------------
-    def is_due(self, held: HeldTransaction, now: int) -> bool:
+    def is_due(self, held: TransactionSummary, now: int) -> bool:
         """Snapshot rows at once; while holding, everything before the hold time; else commit + delay."""
         if held.kind in (Kind.SNAPSHOT, Kind.SNAPSHOT_END):
             return True
@@ -448,9 +406,9 @@ class Applier:
             return held.commit_ts < self.position.hold_until
         return schedule.is_due(held.commit_ts, self.delay_us, now)
 
-    def due_transactions(self, now: int) -> list[HeldTransaction]:
+    def due_transactions(self, now: int) -> list[TransactionSummary]:
         """The held transactions that may be applied now, oldest first, up to one commit's worth."""
-        due: list[HeldTransaction] = []
+        due: list[TransactionSummary] = []
         rows = 0
         if self.finished:
             return due
@@ -488,7 +446,7 @@ class Applier:
         self._consumer.commit(offsets=[TopicPartition(self.topic, 0, position.next_offset)], asynchronous=True)
         return rows
 
-    def _decode(self, held: HeldTransaction) -> Transaction:
+    def _decode(self, held: TransactionSummary) -> Transaction:
         batches = []
         for index, payload in enumerate(held.payloads):
             try:

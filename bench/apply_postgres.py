@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 import uuid
@@ -43,8 +42,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
 from applier.sinks.postgres import COPY_MIN_ROWS, PostgresSink  # noqa: E402
-from applier.transaction import MirrorPosition, Transaction  # noqa: E402
-from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value  # noqa: E402
+from applier.transaction import MirrorPosition  # noqa: E402
+from funnel.events import Value  # noqa: E402
+from sink_sqlite import Workload as SqliteWorkload  # noqa: E402
 
 TABLE = "public.orders"
 BASELINE_TABLE = "orders_baseline"
@@ -56,15 +56,10 @@ TX_ROWS = 10
 TX_PER_CALL = 100
 
 
-class Workload:
-    """Deterministic transactions: inserts of new keys, updates of random existing ones."""
+class Workload(SqliteWorkload):
+    """bench/sink_sqlite.py's transactions, with PostgreSQL-typed images (numeric and timestamptz as text)."""
 
-    def __init__(self, seed: int = 7) -> None:
-        self._random = random.Random(seed)
-        self._rows: dict[int, list[Value]] = {}
-        self._next_id = 1
-        self._txid = 0
-        self._commit_ts = 1_700_000_000_000_000
+    table = TABLE
 
     def _image(self, key: int) -> list[Value]:
         r = self._random
@@ -78,25 +73,6 @@ class Workload:
             r.randbytes(16),
             f"2024-05-01 12:{r.randrange(60):02d}:00.{r.randrange(10**6):06d}+00" if r.random() < 0.9 else None,
         ]
-
-    def transaction(self, offset: int) -> Transaction:
-        half = TX_ROWS // 2
-        inserts = TableChanges(TABLE, Op.INSERT, COLUMNS, KEY)
-        for _ in range(half):
-            key = self._next_id
-            self._next_id += 1
-            self._rows[key] = after = self._image(key)
-            inserts.rows.append(Row(None, after))
-        updates = TableChanges(TABLE, Op.UPDATE, COLUMNS, KEY)
-        for _ in range(half):
-            key = self._random.randrange(1, self._next_id)
-            before, self._rows[key] = self._rows[key], self._image(key)
-            updates.rows.append(Row(before, self._rows[key]))
-        self._txid += 1
-        self._commit_ts += 1_000
-        batch = ChangeBatch("bench", str(self._txid), self._commit_ts, self._txid, 0, TX_ROWS,
-                            Kind.CHANGES, [inserts, updates])
-        return Transaction(str(self._txid), self._commit_ts, Kind.CHANGES, offset, offset, [batch])
 
 
 class Meter:

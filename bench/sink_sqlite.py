@@ -45,6 +45,8 @@ TX_PER_CALL = 100
 class Workload:
     """Deterministic transactions: inserts of new keys, updates of random existing ones."""
 
+    table = TABLE  # subclasses change the table and the row images (bench/apply_postgres.py)
+
     def __init__(self, seed: int = 7) -> None:
         self._random = random.Random(seed)
         self._rows: dict[int, list[Value]] = {}
@@ -67,13 +69,13 @@ class Workload:
 
     def transaction(self, offset: int) -> Transaction:
         half = TX_ROWS // 2
-        inserts = TableChanges(TABLE, Op.INSERT, COLUMNS, KEY)
+        inserts = TableChanges(self.table, Op.INSERT, COLUMNS, KEY)
         for _ in range(half):
             key = self._next_id
             self._next_id += 1
             self._rows[key] = after = self._image(key)
             inserts.rows.append(Row(None, after))
-        updates = TableChanges(TABLE, Op.UPDATE, COLUMNS, KEY)
+        updates = TableChanges(self.table, Op.UPDATE, COLUMNS, KEY)
         for _ in range(half):
             key = self._random.randrange(1, self._next_id)
             before, self._rows[key] = self._rows[key], self._image(key)

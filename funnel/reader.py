@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from funnel import headers
 from funnel.errors import FunnelError
@@ -33,6 +33,41 @@ class TransactionSummary:
     rows: int = 0
     events: int = 0
     payloads: list[bytes] = field(default_factory=list)  # only when asked for
+
+
+class Assembler:
+    """Groups consecutive messages of one transaction, from their headers; returns it whole.
+
+    A producer never interleaves transactions, and a cut one was aborted (invisible to
+    read_committed): a transaction that starts before the open one ended means the funnel
+    has a foreign writer. A scan that starts inside a transaction assembles its tail.
+    """
+
+    def __init__(self, topic: str, keep_payloads: bool = False) -> None:
+        self.topic = topic
+        self.keep_payloads = keep_payloads
+        self.open: TransactionSummary | None = None
+
+    def add(self, msg: Message) -> TransactionSummary | None:
+        """Raises CodecError for a message without timefunnel headers, FunnelError for interleaving."""
+        where = f"{self.topic}[{msg.partition()}] offset {msg.offset()}"
+        meta = headers.decode(msg.headers(), where)
+        txid = (msg.key() or b"").decode()
+        if self.open is not None and self.open.txid != txid:
+            raise FunnelError(f"{where}: transaction {txid!r} starts before {self.open.txid!r} ended",
+                              hint="the funnel has a writer that is not a timefunnel producer")
+        if self.open is None:
+            self.open = TransactionSummary(txid, meta.commit_ts, meta.kind, msg.offset(), msg.offset())
+        summary = self.open
+        summary.last_offset = msg.offset()
+        summary.rows += meta.rows
+        summary.events += 1
+        if self.keep_payloads:
+            summary.payloads.append(msg.value())
+        if not meta.ends_transaction:
+            return None
+        self.open = None
+        return summary
 
 
 class FunnelReader:
@@ -70,26 +105,16 @@ class FunnelReader:
         self.consumer.close()
         self.consumer = self._new_consumer()
         self.consumer.assign([TopicPartition(self.topic, 0, start)])
-        open_tx: TransactionSummary | None = None
+        assembler = Assembler(self.topic, keep_payloads)
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             batch = self.consumer.consume(2000, timeout=0.2)
             for msg in batch:
                 if msg.error() or msg.offset() >= end:
                     continue
-                where = f"{self.topic}[0] offset {msg.offset()}"
-                meta = headers.decode(msg.headers(), where)
-                txid = (msg.key() or b"").decode()
-                if open_tx is None or open_tx.txid != txid:
-                    open_tx = TransactionSummary(txid, meta.commit_ts, meta.kind, msg.offset(), msg.offset())
-                open_tx.last_offset = msg.offset()
-                open_tx.rows += meta.rows
-                open_tx.events += 1
-                if keep_payloads:
-                    open_tx.payloads.append(msg.value())
-                if meta.ends_transaction:
-                    yield open_tx
-                    open_tx = None
+                summary = assembler.add(msg)
+                if summary is not None:
+                    yield summary
             if batch:
                 deadline = time.monotonic() + TIMEOUT_S
             if self.consumer.position([self.partition])[0].offset >= end:

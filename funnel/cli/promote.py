@@ -34,16 +34,24 @@ def promote(mirror: str, at_text: str | None, excluded: tuple[str, ...], hook: s
     """Bring mirror MIRROR to T, stop applying for good, record the promotion, run the takeover hook."""
     at = parse_target_time(at_text) if at_text else None
     handle = find_mirror(kafka_settings(bootstrap, settings), funnel_name, mirror, sink_url)
-    plan = plan_for(handle, Target(at, tuple(excluded)))
-    if dry_run:
-        return render_plan("promote", plan, as_json)
-    status = run_command(handle, new_command("promote", plan.to, tuple(excluded)), plan)
-    result = {"mirror": mirror, "action": "promote", "target": format_time(plan.to),
+    done = _same_promotion_already_recorded(handle.position(), at, excluded)
+    if done is not None and not dry_run:
+        # A rerun after a crash between the recorded promotion and the hook: the takeover
+        # must still happen, so report the promotion and run the hook again.
+        status, target, plan_info = done, done["promote_target"], None
+        click.echo(f"mirror {mirror!r} was already promoted with this target; running the takeover hook", err=True)
+    else:
+        plan = plan_for(handle, Target(at, tuple(excluded)))
+        if dry_run:
+            return render_plan("promote", plan, as_json)
+        status = run_command(handle, new_command("promote", plan.to, tuple(excluded)), plan)
+        target, plan_info = plan.to, plan.as_dict()
+    result = {"mirror": mirror, "action": "promote", "target": format_time(target),
               "promoted_at": format_time(status["promoted_at"]), "excluded_txids": list(excluded),
-              "next_offset": status["next_offset"], "plan": plan.as_dict()}
+              "next_offset": status["next_offset"], "plan": plan_info}
     hook_failed = False
     if hook:
-        env = {"FUNNEL_NAME": funnel_name, "FUNNEL_MIRROR": mirror, "FUNNEL_TARGET_TIME": format_time(plan.to),
+        env = {"FUNNEL_NAME": funnel_name, "FUNNEL_MIRROR": mirror, "FUNNEL_TARGET_TIME": format_time(target),
                "FUNNEL_PROMOTED_AT": format_time(status["promoted_at"]),
                "FUNNEL_SINK_URL": redact(sink_url) if sink_url else (status.get("sink_url") or "")}
         result["hook"] = run_hook(hook, env)
@@ -58,6 +66,19 @@ def promote(mirror: str, at_text: str | None, excluded: tuple[str, ...], hook: s
     if hook_failed:
         raise TimeFunnelError(f"the promotion is recorded, but the takeover hook failed (exit "
                               f"{result['hook']['exit_code']})", hint="move the service address by hand")
+
+
+def _same_promotion_already_recorded(position, at: int | None, excluded: tuple[str, ...]) -> dict | None:
+    """The recorded promotion as a status dict when it is the one asked for again, else None.
+
+    A different target or exclusion list on a promoted mirror is refused later, by the plan.
+    """
+    if position.promoted_at is None:
+        return None
+    if (at is not None and at != position.promote_target) or set(excluded) != set(position.excluded_txids):
+        return None
+    return {"promoted_at": position.promoted_at, "promote_target": position.promote_target,
+            "next_offset": position.next_offset, "sink_url": None}
 
 
 def run_hook(command: str, env: dict[str, str], timeout_s: float = 600.0) -> dict:

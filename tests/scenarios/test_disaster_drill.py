@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from funnel.timeparse import format_time
-from tests.support.processes import Background, run_funnel, table_rows, wait_for
+from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
 
 TABLES = ["customers", "orders", "items"]
 POLL = "20ms"  # capture poll interval: groups stay small, so drills have many transactions
@@ -110,12 +110,6 @@ def rows(db: Path) -> dict[str, list[tuple]]:
     return {table: table_rows(db, table) for table in TABLES}
 
 
-def start(bootstrap, procs, tmp_path, *args: str) -> Background:
-    proc = Background(bootstrap, tmp_path / f"{args[0]}-{len(procs)}.log", *args)
-    procs.append(proc)
-    return proc
-
-
 def ok(result) -> str:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return result.stdout
@@ -131,8 +125,8 @@ def find_the_delete(bootstrap: str, funnel: str) -> dict:
 def drill_setup(bootstrap, procs, tmp_path, funnel: str, delay: str, seed: int):
     prod, mirror = tmp_path / "prod.db", tmp_path / "mirror.db"
     shop = Shop(prod, seed).start()
-    start(bootstrap, procs, tmp_path, "capture", f"sqlite://{prod}", "--funnel", funnel, "--poll-interval", POLL)
-    applier = start(bootstrap, procs, tmp_path, "apply", f"sqlite://{mirror}", "--funnel", funnel,
+    start_funnel(bootstrap, procs, tmp_path, "capture", f"sqlite://{prod}", "--funnel", funnel, "--poll-interval", POLL)
+    applier = start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{mirror}", "--funnel", funnel,
                     "--mirror", "m1", "--delay", delay)
     wait_for(lambda: mirror.exists() and snapshot_applied(mirror), 30, what="the initial copy on the mirror")
     return shop, prod, mirror, applier
@@ -255,6 +249,12 @@ def test_kill_9_during_backward_seek_and_promote_drain_then_rerun(bootstrap, fun
     drain.kill9()
     ok(run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name, "--sink", sink))
     assert rows(mirror) == rows(prod)
+    # The same promote once more (say the CLI died before its hook): it runs the hook, changes nothing.
+    again = ok(run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name, "--sink", sink,
+                          "--on-promote", "echo takeover-again"))
+    assert "takeover-again" in again and rows(mirror) == rows(prod)
+    other = run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name, "--sink", sink, "--at", "-1h")
+    assert other.returncode == 1 and "was promoted" in other.stderr
 
 
 def test_bad_targets_are_one_clear_line_and_change_nothing(bootstrap, funnel_name, procs, tmp_path):

@@ -6,13 +6,10 @@ import json
 import random
 import threading
 import time
-import uuid
 
 import psycopg
-import pytest
 
-from tests.scenarios.test_postgres_pgbench import database_url
-from tests.support.processes import Background, run_funnel, wait_for
+from tests.support.processes import run_funnel, start_funnel, wait_for
 
 TYPES_TABLE = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -43,27 +40,6 @@ EDGES = {
 }
 
 
-@pytest.fixture
-def databases(postgres_url):
-    suffix = uuid.uuid4().hex[:8]
-    names = [f"prod_{suffix}", f"mirror_{suffix}"]
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f"CREATE DATABASE {name}")
-    yield [database_url(postgres_url, name) for name in names]
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE database = %s AND NOT active", (name,))
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def start(bootstrap, procs, tmp_path, *args: str) -> Background:
-    proc = Background(bootstrap, tmp_path / f"{args[0]}-{len(procs)}.log", *args)
-    procs.append(proc)
-    return proc
-
-
 def as_text(url: str, table: str, key: str = "id") -> list[tuple]:
     """Every column through its type's output function, in key order."""
     with psycopg.connect(url) as conn:
@@ -81,8 +57,8 @@ def safe_text(url: str, table: str, key: str = "id") -> list[tuple] | None:
         return None
 
 
-def test_every_type_round_trips_from_postgresql_to_postgresql(bootstrap, funnel_name, databases, procs, tmp_path):
-    prod, mirror = databases
+def test_every_type_round_trips_from_postgresql_to_postgresql(bootstrap, funnel_name, pg_databases, procs, tmp_path):
+    prod, mirror = pg_databases
     with psycopg.connect(prod, autocommit=True) as conn:
         conn.execute(TYPES_TABLE)
         conn.execute(f"INSERT INTO everything (id, i2, i8, num, num_scaled, r, d, t, vc, flag, raw, day, clock, stamp,"
@@ -91,8 +67,8 @@ def test_every_type_round_trips_from_postgresql_to_postgresql(bootstrap, funnel_
         # The operator creates the mirror's schema from production's (pg_dump --schema-only): the
         # generated column is then computed by the mirror itself (README, PostgreSQL).
         conn.execute(TYPES_TABLE)
-    start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "0s")
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
+    start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "0s")
     wait_for(lambda: safe_text(mirror, "everything") == as_text(prod, "everything"), 60, 0.5, "the initial copy")
 
     with psycopg.connect(prod, autocommit=True) as conn:
@@ -149,15 +125,15 @@ class Shop:
         return {table: as_text(self.url, table) for table in ("customers", "orders", "items", "tickets")}
 
 
-def test_disaster_drill_on_postgresql(bootstrap, funnel_name, databases, procs, tmp_path):
-    prod, mirror = databases
+def test_disaster_drill_on_postgresql(bootstrap, funnel_name, pg_databases, procs, tmp_path):
+    prod, mirror = pg_databases
     for url in (prod, mirror):  # the operator creates the mirror's schema from production's (pg_dump -s)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SHOP)
     shop = Shop(prod)
     shop.thread.start()
-    start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "10s")
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
+    start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "10s")
     time.sleep(random.uniform(3, 5))
     with shop.lock:  # between two application transactions: what production held just before the error
         before_error = shop.contents()

@@ -10,14 +10,12 @@ import random
 import sqlite3
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.support.pgserver import find_pg_bin
-from tests.support.processes import Background, wait_for
+from tests.support.processes import start_funnel, wait_for
 
 TABLES = {"pgbench_accounts": "aid", "pgbench_branches": "bid", "pgbench_tellers": "tid",
           "pgbench_history": "id"}
@@ -25,22 +23,6 @@ TABLES = {"pgbench_accounts": "aid", "pgbench_branches": "bid", "pgbench_tellers
 
 def database_url(server_url: str, name: str) -> str:
     return server_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture
-def databases(postgres_url):
-    """A fresh production and mirror database on the private server; dropped afterwards."""
-    suffix = uuid.uuid4().hex[:8]
-    names = [f"prod_{suffix}", f"mirror_{suffix}"]
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f"CREATE DATABASE {name}")
-    yield [database_url(postgres_url, name) for name in names]
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE database = %s AND NOT active", (name,))
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def pgbench(url: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -101,28 +83,22 @@ def sqlite_rows_as_text(path: Path, table: str) -> list[tuple]:
     return [tuple(None if v is None else str(v) for v in row) for row in rows]
 
 
-def start(bootstrap, procs, tmp_path, *args: str) -> Background:
-    proc = Background(bootstrap, tmp_path / f"{args[0]}-{len(procs)}.log", *args)
-    procs.append(proc)
-    return proc
-
-
 def history_ids(url: str) -> list[int]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT id FROM pgbench_history ORDER BY id")]
 
 
-def test_pgbench_into_postgresql_and_sqlite_mirrors(bootstrap, funnel_name, databases, procs, tmp_path):
-    prod, mirror = databases
+def test_pgbench_into_postgresql_and_sqlite_mirrors(bootstrap, funnel_name, pg_databases, procs, tmp_path):
+    prod, mirror = pg_databases
     prepare_production(prod, scale=10)
     load = pgbench_load(prod, seconds=30)
     time.sleep(2)  # the initial copy is made while pgbench runs
     started = time.monotonic()
-    start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "0s",
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
+    start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "0s",
           "--create-tables")
     sqlite_mirror = tmp_path / "mirror.db"
-    start(bootstrap, procs, tmp_path, "apply", f"sqlite://{sqlite_mirror}", "--funnel", funnel_name, "--mirror",
+    start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{sqlite_mirror}", "--funnel", funnel_name, "--mirror",
           "lite", "--delay", "0s")
     out, err = load.communicate(timeout=120)
     assert load.returncode == 0, err
@@ -138,21 +114,21 @@ def test_pgbench_into_postgresql_and_sqlite_mirrors(bootstrap, funnel_name, data
                  f"{table} on the SQLite mirror")
 
 
-def test_kill_9_of_capture_and_applier_during_pgbench(bootstrap, funnel_name, databases, procs, tmp_path):
-    prod, mirror = databases
+def test_kill_9_of_capture_and_applier_during_pgbench(bootstrap, funnel_name, pg_databases, procs, tmp_path):
+    prod, mirror = pg_databases
     prepare_production(prod, scale=2)
     load = pgbench_load(prod, seconds=25, clients=2)
-    capture = start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
+    capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
     apply_args = ("apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "0s", "--create-tables")
-    applier = start(bootstrap, procs, tmp_path, *apply_args)
+    applier = start_funnel(bootstrap, procs, tmp_path, *apply_args)
     rng = random.Random(15)
     for _ in range(5):
         time.sleep(rng.uniform(1.0, 2.0))
         applier.kill9()
-        applier = start(bootstrap, procs, tmp_path, *apply_args)
+        applier = start_funnel(bootstrap, procs, tmp_path, *apply_args)
         time.sleep(rng.uniform(1.0, 2.0))
         capture.kill9()
-        capture = start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
+        capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
     out, err = load.communicate(timeout=120)
     assert load.returncode == 0, err
     expected = pg_checksums(prod)

@@ -16,12 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from funnel.control import ControlChannel
 from funnel.kafka import KafkaSettings
 from funnel.topic import FunnelAdmin
-from tests.support.processes import Background, run_funnel, table_rows, wait_for
+from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
 
 TABLES = ["customers", "orders", "items"]
 POLL = "20ms"
@@ -186,27 +185,6 @@ def wait_log(proc: Background, text: str, timeout: float) -> None:
     wait_for(lambda: text in proc.output(), timeout, interval=0.05, what=f"{text!r} in {proc.log.name}")
 
 
-@pytest.fixture
-def funnel_name(bootstrap, topic_name) -> str:
-    ok(run_funnel(bootstrap, "create", topic_name, "--retention", "1d"))
-    return topic_name
-
-
-@pytest.fixture
-def procs():
-    started: list[Background] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-def start(bootstrap, procs, tmp_path, *args: str) -> Background:
-    name = args[1] if args[0] == "switchback" else args[0]
-    proc = Background(bootstrap, tmp_path / f"{name}-{len(procs)}.log", *args)
-    procs.append(proc)
-    return proc
-
-
 class Site:
     """Production, its delayed mirror m1 and the application, with the forward funnel running."""
 
@@ -223,9 +201,9 @@ class Site:
 
     def forward(self) -> None:
         """The deployment's two processes, with the same command lines before and after the switchback."""
-        self.capture = start(self.bootstrap, self.procs, self.tmp_path, "capture", f"sqlite://{self.prod}",
+        self.capture = start_funnel(self.bootstrap, self.procs, self.tmp_path, "capture", f"sqlite://{self.prod}",
                              "--funnel", self.funnel, "--poll-interval", POLL)
-        self.applier = start(self.bootstrap, self.procs, self.tmp_path, "apply", f"sqlite://{self.mirror}",
+        self.applier = start_funnel(self.bootstrap, self.procs, self.tmp_path, "apply", f"sqlite://{self.mirror}",
                              "--funnel", self.funnel, "--mirror", "m1", "--delay", self.delay)
 
     def promote(self, *args: str) -> None:
@@ -236,7 +214,7 @@ class Site:
         self.app.point_at(self.mirror)
 
     def prepare(self) -> Background:
-        return start(self.bootstrap, self.procs, self.tmp_path, "switchback", "prepare", "--funnel", self.funnel,
+        return start_funnel(self.bootstrap, self.procs, self.tmp_path, "switchback", "prepare", "--funnel", self.funnel,
                      "--mirror", "m1", "--to", f"sqlite://{self.prod}")
 
     def complete_args(self, takeover: str | None = None, *extra: str) -> tuple[str, ...]:
@@ -349,7 +327,7 @@ def test_kill_9_during_prepare_and_complete_then_status_and_rerun(bootstrap, fun
     time.sleep(1.0)
 
     # kill -9 right after the freeze, then again during the takeover hook.
-    first = start(bootstrap, procs, tmp_path, *site.complete_args())
+    first = start_funnel(bootstrap, procs, tmp_path, *site.complete_args())
     wait_log(first, "freeze: mirror frozen", 90)
     first.kill9()
     report = status_json(bootstrap, funnel_name)
@@ -358,7 +336,7 @@ def test_kill_9_during_prepare_and_complete_then_status_and_rerun(bootstrap, fun
     assert "frozen for switchback" in (frozen_write_error(site.mirror) or ""), "a write on the mirror must be refused"
     assert prepare.process.wait(30) == 0
 
-    second = start(bootstrap, procs, tmp_path, *site.complete_args(takeover="sleep 20"))
+    second = start_funnel(bootstrap, procs, tmp_path, *site.complete_args(takeover="sleep 20"))
     wait_log(second, "takeover: running the takeover hook", 90)
     second.kill9()
     text = ok(run_funnel(bootstrap, "switchback", "status", "--funnel", funnel_name, "--mirror", "m1"))
@@ -394,7 +372,7 @@ def test_freeze_waits_no_longer_than_its_timeout_names_the_writers_and_abort_rol
     state = record(bootstrap, funnel_name)
 
     # The freeze hook does not reach this application: it keeps writing.
-    complete = start(bootstrap, procs, tmp_path, "switchback", "complete", "--funnel", funnel_name, "--mirror",
+    complete = start_funnel(bootstrap, procs, tmp_path, "switchback", "complete", "--funnel", funnel_name, "--mirror",
                      "m1", "--freeze-hook", "true", "--freeze-timeout", "2s")
     wait_log(complete, "freeze: waiting up to 2s", 60)
     waiting_since = time.monotonic()
@@ -415,7 +393,7 @@ def test_freeze_waits_no_longer_than_its_timeout_names_the_writers_and_abort_rol
     assert report["mirror_frozen"] is False
 
     # This time the application stops and the mirror is frozen; then the operator changes their mind.
-    frozen = start(bootstrap, procs, tmp_path, *site.complete_args())
+    frozen = start_funnel(bootstrap, procs, tmp_path, *site.complete_args())
     wait_log(frozen, "freeze: mirror frozen", 60)
     frozen.kill9()
     assert frozen_write_error(site.mirror)
@@ -504,27 +482,6 @@ class PgApp(App):
             time.sleep(0.005)
 
 
-@pytest.fixture
-def pg_pair(postgres_url, topic_name):
-    """Two fresh databases, production and mirror; dropped with their slots afterwards."""
-    import psycopg
-
-    base = postgres_url.rsplit("/", 1)[0]
-    names = [f"{kind}_{topic_name.replace('-', '_')}" for kind in ("prod", "mirror")]
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    yield tuple(f"{base}/{name}" for name in names)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                         "WHERE database = %s AND active_pid IS NOT NULL", (name,))
-            time.sleep(0.2)
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
-                         (name,))
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 def pg_rows(url: str, table: str) -> list[tuple] | None:
     import psycopg
 
@@ -545,14 +502,14 @@ def pg_query(url: str, *statements: str) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
-def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg_pair):
-    prod, mirror = pg_pair
+def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg_databases):
+    prod, mirror = pg_databases
     pg_query(prod, "CREATE TABLE orders (id bigint PRIMARY KEY, total numeric(12,2), note text)",
              "CREATE TABLE items (id int PRIMARY KEY, sku text)",
              "INSERT INTO items SELECT g, 's' || g FROM generate_series(1, 30) g")
     app = PgApp(tmp_path / "app", prod, seed=15).start()
-    capture = start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--poll-interval", POLL)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m1", "--delay", "0s",
+    capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--poll-interval", POLL)
+    start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m1", "--delay", "0s",
           "--create-tables")
     wait_for(lambda: len(pg_rows(mirror, "orders") or []) > 50, 60, what="orders on the mirror")
     ok(run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name))
@@ -560,7 +517,7 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     app.point_at(mirror)
     pg_query(prod, "INSERT INTO orders VALUES (999999, 1, 'stale')", "CREATE TABLE junk (id int PRIMARY KEY)")
 
-    prepare = start(bootstrap, procs, tmp_path, "switchback", "prepare", "--funnel", funnel_name, "--mirror", "m1",
+    prepare = start_funnel(bootstrap, procs, tmp_path, "switchback", "prepare", "--funnel", funnel_name, "--mirror", "m1",
                     "--to", prod)
     wait_log(prepare, "syncing:", 60)
     time.sleep(1.0)
@@ -587,8 +544,8 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     assert pg_query(mirror, "SHOW default_transaction_read_only") == [("off",)], "the mirror is unfrozen"
 
     app.resume()
-    start(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--poll-interval", POLL)
-    start(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m1")
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--poll-interval", POLL)
+    start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m1")
     time.sleep(2.0)
     app.finish()
     assert any(db == prod for db, *_ in app.committed[-5:]), "the application writes to production again"

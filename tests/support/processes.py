@@ -54,6 +54,14 @@ class Background:
         return self.log.read_text(errors="replace")
 
 
+def start_funnel(bootstrap: str, procs: list, tmp_path: Path, *args: str) -> Background:
+    """Start `funnel ARGS` in the background, logging to tmp_path, stopped at the test's end (procs)."""
+    name = "-".join(args[:2]) if args[0] == "switchback" else args[0]
+    proc = Background(bootstrap, tmp_path / f"{name}-{len(procs)}.log", *args)
+    procs.append(proc)
+    return proc
+
+
 def start_writer(db: Path, seconds: float, tx_rows: int = 5, pause: float = 0.002, seed: int = 1) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.support.writer", str(db), "--seconds", str(seconds),
                              "--tx-rows", str(tx_rows), "--pause", str(pause), "--seed", str(seed)],
