@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from applier.transaction import MirrorPosition, Transaction
+from funnel.errors import SinkError
 
 
 class Sink(Protocol):
@@ -33,3 +34,15 @@ class Sink(Protocol):
     def close(self) -> None:
         """Release the connection.  Idempotent."""
         ...
+
+
+def check_key(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
+    """Raises SinkError when ``key`` is empty or names a column not in ``columns``."""
+    if not key:
+        raise SinkError(
+            f"table {table!r} has no key columns; the mirror needs a primary key to apply changes",
+            hint="Give the source table a primary key, or exclude it from capture.",
+        )
+    missing = [column for column in key if column not in columns]
+    if missing:
+        raise SinkError(f"table {table!r}: key column {missing[0]!r} is not among the event's columns")

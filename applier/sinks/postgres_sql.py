@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from applier.sinks.base import check_key
 from applier.sinks.sqlite_sql import STATE_COLUMNS, STATE_TABLE
 from funnel.errors import SinkError
 
@@ -208,18 +209,6 @@ def create_table_sql(schema: str, table: str, definition: Mapping[str, Any]) -> 
 
 def create_schema_sql(schema: str) -> str:
     return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"
-
-
-def check_key(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
-    """Raises SinkError when ``key`` is empty or names a column not in ``columns``."""
-    if not key:
-        raise SinkError(
-            f"table {table!r} has no key columns; the mirror needs a primary key to apply changes",
-            hint="Give the source table a primary key, or exclude it from capture.",
-        )
-    missing = [column for column in key if column not in columns]
-    if missing:
-        raise SinkError(f"table {table!r}: key column {missing[0]!r} is not among the event's columns")
 
 
 def layout(source_table: str, mirror: MirrorTable, columns: Sequence[str], key: Sequence[str]) -> Layout:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from applier.sinks.base import check_key
 from funnel.errors import SinkError
 
 STATE_TABLE = "_timefunnel_state"
@@ -103,7 +104,7 @@ def create_table_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> 
     Raises SinkError when there is no key or a key column is not among the columns,
     because without a key the mirror cannot upsert or delete single rows.
     """
-    _check_key(table, columns, key)
+    check_key(table, columns, key)
     return f"CREATE TABLE {quote_ident(table)} ({_column_list(columns)}, PRIMARY KEY ({_column_list(key)}))"
 
 
@@ -117,7 +118,7 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     does not silently remove rows that collide on some other UNIQUE index.
     Raises SinkError like ``create_table_sql`` for a missing key.
     """
-    _check_key(table, columns, key)
+    check_key(table, columns, key)
     placeholders = ", ".join("?" * len(columns))
     keys = set(key)
     updates = ", ".join(
@@ -167,16 +168,7 @@ def key_indexes(table: str, columns: Sequence[str], key: Sequence[str]) -> tuple
 
     Raises SinkError like ``create_table_sql``.
     """
-    _check_key(table, columns, key)
+    check_key(table, columns, key)
     return tuple(columns.index(column) for column in key)
 
 
-def _check_key(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
-    if not key:
-        raise SinkError(
-            f"table {table!r} has no key columns; the mirror needs a primary key to apply changes",
-            hint="Give the source table a primary key, or exclude it from capture.",
-        )
-    missing = [column for column in key if column not in columns]
-    if missing:
-        raise SinkError(f"table {table!r}: key column {missing[0]!r} is not among the event's columns")
