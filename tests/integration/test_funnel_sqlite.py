@@ -139,17 +139,21 @@ def test_no_change_is_visible_before_commit_plus_delay(bootstrap, funnel_name, p
 
 def test_delay_change_releases_held_transactions_and_leaves_other_mirrors_alone(
         bootstrap, funnel_name, procs, tmp_path):
-    prod, fast, slow = tmp_path / "prod.db", tmp_path / "fast.db", tmp_path / "slow.db"
+    prod, fast, five, slow = (tmp_path / f"{name}.db" for name in ("prod", "fast", "five", "slow"))
     create_schema(str(prod))
     capture(bootstrap, procs, tmp_path, prod, funnel_name)
     apply(bootstrap, procs, tmp_path, fast, funnel_name, "fast", "0s")
+    apply(bootstrap, procs, tmp_path, five, funnel_name, "five", "5s")
     apply(bootstrap, procs, tmp_path, slow, funnel_name, "slow", "30s")
-    wait_snapshot_applied(fast)
-    wait_snapshot_applied(slow)
+    for mirror in (fast, five, slow):
+        wait_snapshot_applied(mirror)
 
-    insert_event(prod, 42)
+    inserted = insert_event(prod, 42)
     wait_for(lambda: has_event(fast, 42), 5, what="the change on the 0 s mirror")
-    time.sleep(2)
+    assert not has_event(five, 42), "the 5 s mirror applied a change early"
+    wait_for(lambda: has_event(five, 42), 10, 0.05, "the change on the 5 s mirror")
+    # (the exact bounds against commit time are checked by test_no_change_is_visible_before_commit_plus_delay)
+    assert time.time() - inserted >= 4.9, "the 5 s mirror applied the change before its delay"
     assert not has_event(slow, 42), "the 30 s mirror applied a change early"
 
     changed = run_funnel(bootstrap, "delay", "slow", "1s", "--funnel", funnel_name)
