@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from applier import schedule
 from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
@@ -36,7 +36,7 @@ from funnel.control import ControlChannel, command_key, decode_record, delay_key
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
 from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError, TimeFunnelError
 from funnel.events import Kind
-from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
+from funnel.kafka import KafkaSettings, control_topic, data_topic, retry_transient
 
 log = logging.getLogger("timefunnel.applier")
 MICROS = 1_000_000
@@ -205,13 +205,17 @@ class Applier:
         """
         if not force and time.monotonic() - self._last_watermarks < 1.0:
             return
+        def read(cached: bool) -> tuple[int, int]:
+            return retry_transient(lambda: self._consumer.get_watermark_offsets(self.partition, timeout=10,
+                                                                               cached=cached),
+                                   f"cannot read funnel {self.options.funnel!r}")
         try:
-            low, high = self._consumer.get_watermark_offsets(self.partition, timeout=10, cached=not force)
+            low, high = read(cached=not force)
             if low < 0 or high < 0:  # nothing cached yet
-                low, high = self._consumer.get_watermark_offsets(self.partition, timeout=10, cached=False)
-        except KafkaException as exc:
+                low, high = read(cached=False)
+        except FunnelError as exc:
             if force:
-                raise kafka_error(exc, f"cannot read funnel {self.options.funnel!r}") from exc
+                raise
             log.warning("cannot read watermarks of %s: %s", self.topic, exc)
             return
         self.low_watermark, self.high_watermark = low, high
@@ -233,8 +237,13 @@ class Applier:
 
     def step(self, poll_timeout_s: float = 0.05) -> int:
         """One round: consume, hold, apply what is due. Returns rows applied."""
-        for msg in self._consumer.consume(2000, timeout=self._poll_timeout(poll_timeout_s)):
+        consumer = self._consumer
+        for msg in consumer.consume(2000, timeout=self._poll_timeout(poll_timeout_s)):
             self._receive(msg)
+            if self._consumer is not consumer:
+                # A backward seek (a control record in this batch) repositioned the funnel
+                # with a new consumer: the rest of this batch lies after the new position.
+                break
         self._flow_control()
         applied = self._apply_due()
         self._refresh_watermarks()

@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from funnel.errors import FunnelError
-from funnel.kafka import KafkaSettings, control_topic, kafka_error
+from funnel.kafka import KafkaSettings, control_topic, kafka_error, retry_transient
 
 READ_TIMEOUT_S = 15.0
 
@@ -100,7 +100,9 @@ class ControlChannel:
         records: dict[str, dict[str, Any]] = {}
         try:
             partition = TopicPartition(self.topic, 0)
-            low, high = consumer.get_watermark_offsets(partition, timeout=READ_TIMEOUT_S, cached=False)
+            low, high = retry_transient(
+                lambda: consumer.get_watermark_offsets(partition, timeout=READ_TIMEOUT_S, cached=False),
+                f"cannot read control topic {self.topic!r}")
             if high <= low:
                 return records
             consumer.assign([TopicPartition(self.topic, 0, low)])

@@ -6,9 +6,14 @@ kcat; timeouts and retries are the only things this module decides by itself.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from funnel.errors import ConfigError, FunnelError
+
+T = TypeVar("T")
+TRANSIENT_RETRY_S = 15.0
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -65,3 +70,26 @@ def kafka_error(exc: Exception, what: str) -> FunnelError:
     err = exc.args[0] if exc.args else exc
     text = getattr(err, "str", lambda: str(err))()
     return FunnelError(f"{what}: {text}", hint="check --bootstrap / -X settings and that the broker runs")
+
+
+def retry_transient(call: Callable[[], T], what: str, budget_s: float = TRANSIENT_RETRY_S) -> T:
+    """``call()``, retried while Kafka says the error is retriable (a partition without a
+    leader yet, just after a topic was created or a broker restarted), for at most
+    ``budget_s``; then, or for any other error, a FunnelError saying ``what`` failed.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+
+    # librdkafka does not flag all of these as retriable, though they pass by themselves.
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                 KafkaError.REQUEST_TIMED_OUT}
+    deadline = time.monotonic() + budget_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in transient)
+            if not retriable or time.monotonic() >= deadline:
+                raise kafka_error(exc, what) from exc
+            time.sleep(0.2)

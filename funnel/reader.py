@@ -11,12 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from funnel import headers
 from funnel.errors import FunnelError
 from funnel.events import Kind
-from funnel.kafka import KafkaSettings, data_topic, kafka_error
+from funnel.kafka import KafkaSettings, data_topic, retry_transient
 
 TIMEOUT_S = 30.0
 
@@ -85,10 +85,9 @@ class FunnelReader:
             "isolation.level": "read_committed", "auto.offset.reset": "earliest"}))
 
     def watermarks(self) -> tuple[int, int]:
-        try:
-            return self.consumer.get_watermark_offsets(self.partition, timeout=TIMEOUT_S, cached=False)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"cannot read funnel {self.topic!r}") from exc
+        return retry_transient(lambda: self.consumer.get_watermark_offsets(self.partition, timeout=TIMEOUT_S,
+                                                                           cached=False),
+                               f"cannot read funnel {self.topic!r}")
 
     def offset_for_time(self, ts_us: int) -> int:
         """The first offset whose commit time is at or after ``ts_us`` (the high watermark if none)."""

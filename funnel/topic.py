@@ -6,6 +6,7 @@ longer than every mirror's delay, with headroom for outages.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -92,7 +93,21 @@ class FunnelAdmin:
                 future.result(timeout=ADMIN_TIMEOUT_S)
             except KafkaException as exc:
                 raise kafka_error(exc, f"cannot create topic {name!r}") from exc
-        return [topic.topic for topic in wanted]
+        names = [topic.topic for topic in wanted]
+        self._wait_for_leaders(names)
+        return names
+
+    def _wait_for_leaders(self, names: list[str]) -> None:
+        """Return once every new partition has a leader: until then producers and readers get
+        'not leader' errors. Raises FunnelError after ADMIN_TIMEOUT_S."""
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            topics = self.admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+            if all(name in topics and topics[name].error is None and topics[name].partitions
+                   and all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+                return
+            time.sleep(0.1)
+        raise FunnelError(f"the new topics {', '.join(names)} have no leader after {ADMIN_TIMEOUT_S:g}s")
 
     def topics(self) -> set[str]:
         try:

@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 
 
+from funnel.codec import EventCodec
+from funnel.events import Kind
+from funnel.kafka import KafkaSettings
+from funnel.reader import FunnelReader
 from funnel.timeparse import format_time
+from producer.publisher import last_published_position
 from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
 
 TABLES = ["customers", "orders", "items"]
@@ -30,8 +35,9 @@ CREATE TABLE items (id INTEGER PRIMARY KEY, order_id INTEGER, sku TEXT, qty INTE
 class Shop:
     """The application: a thread writing customers, orders and items in small transactions."""
 
-    def __init__(self, path: Path, seed: int) -> None:
+    def __init__(self, path: Path, seed: int, funnel: "FunnelView") -> None:
         self.path = path
+        self.funnel = funnel
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
@@ -69,33 +75,65 @@ class Shop:
         conn.execute("COMMIT")
         self.transactions += 1
 
-    def act(self, sql: str | None, settle: float = 0.3) -> tuple[Path | None, int]:
-        """Between two app transactions: copy production, run ``sql``; returns (copy, time before sql).
+    def act(self, sql: str | None) -> tuple[Path | None, int]:
+        """Between two app transactions: copy production, run ``sql``; returns (copy, time T of the copy).
 
-        Waiting ``settle`` (longer than the capture's poll interval) before and after
-        keeps the act in a source transaction of its own: SQLite capture groups what
-        committed between two polls.
+        SQLite capture groups what committed between two polls into one source
+        transaction, timed when it was sealed. With the application paused, the act
+        waits until the capture has published everything before the copy (and, after
+        ``sql``, the act itself), so the copy falls on a group boundary and T (just after
+        that group's commit time) is exact however slow the machine is.
         """
         with self.lock:
-            time.sleep(settle)
+            boundary = self._published_up_to_now()
             copy = self.path.with_name(f"copy-{time.time_ns()}.db")
             source, target = sqlite3.connect(self.path), sqlite3.connect(copy)
             source.backup(target)
             source.close()
             target.close()
-            moment = time.time_ns() // 1000
-            time.sleep(0.002)
+            moment = self.funnel.commit_ts_of(boundary) + 1
             if sql:
                 conn = sqlite3.connect(self.path, timeout=30)
                 with conn:
                     conn.execute(sql)
                 conn.close()
-            time.sleep(settle)
+                self._published_up_to_now()
         return copy, moment
+
+    def _published_up_to_now(self) -> int:
+        """The changelog's high-water sequence, once the capture has published it."""
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_timefunnel_changelog'").fetchone()
+        finally:
+            conn.close()
+        boundary = row[0] if row else 0
+        wait_for(lambda: (self.funnel.published() or 0) >= boundary, 60, 0.05, "the capture to publish the changes")
+        return boundary
 
     def finish(self) -> None:
         self.stop.set()
         self.thread.join(30)
+
+
+class FunnelView:
+    """What the drills read from the funnel: the capture's published position, commit times."""
+
+    def __init__(self, bootstrap: str, funnel: str, source: str = "prod") -> None:
+        self.kafka, self.name, self.source = KafkaSettings(bootstrap), funnel, source
+
+    def published(self) -> int | None:
+        return last_published_position(self.kafka, self.name, self.source)
+
+    def commit_ts_of(self, position: int) -> int:
+        """Commit time of the source transaction that ends at ``position`` (its group)."""
+        codec = EventCodec()
+        with FunnelReader(self.kafka, self.name) as reader:
+            low, high = reader.watermarks()
+            for summary in reader.transactions(low, high, keep_payloads=True):
+                if summary.kind is Kind.CHANGES and codec.decode(summary.payloads[0]).position == position:
+                    return summary.commit_ts
+        raise AssertionError(f"no source transaction ends at position {position}")
 
 
 def snapshot_applied(mirror: Path) -> bool:
@@ -124,7 +162,7 @@ def find_the_delete(bootstrap: str, funnel: str) -> dict:
 
 def drill_setup(bootstrap, procs, tmp_path, funnel: str, delay: str, seed: int):
     prod, mirror = tmp_path / "prod.db", tmp_path / "mirror.db"
-    shop = Shop(prod, seed).start()
+    shop = Shop(prod, seed, FunnelView(bootstrap, funnel)).start()
     start_funnel(bootstrap, procs, tmp_path, "capture", f"sqlite://{prod}", "--funnel", funnel, "--poll-interval", POLL)
     applier = start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{mirror}", "--funnel", funnel,
                     "--mirror", "m1", "--delay", delay)
@@ -190,8 +228,10 @@ def test_disaster_drill_exclude_the_bad_transaction_with_the_applier_stopped(boo
 def test_seek_forward_backward_forward_running_and_stopped(bootstrap, funnel_name, procs, tmp_path):
     shop, prod, mirror, applier = drill_setup(bootstrap, procs, tmp_path, funnel_name, "1h", seed=3)
     copies = []
-    for _ in range(3):
-        time.sleep(3.0)
+    # Production copies at three known times, 350+ application transactions apart (by count,
+    # not by time, so that a slow machine still spans 1,000 transactions).
+    for goal in (350, 700, 1050):
+        wait_for(lambda: shop.transactions >= goal, 120, 0.05, f"{goal} application transactions")
         copies.append(shop.act(None))
     time.sleep(1.0)
     shop.finish()
