@@ -28,6 +28,15 @@ from funnel.errors import FunnelError
 from funnel.kafka import KafkaSettings, control_topic, kafka_error, retry_transient
 
 READ_TIMEOUT_S = 15.0
+# Appliers and captures report every second; a status record older than this means the
+# process is not running.
+STATUS_STALE_AFTER_S = 10.0
+
+
+def status_is_fresh(record: dict[str, Any] | None, now_us: int) -> bool:
+    """True when ``record`` (an applier's or capture's status) was written recently enough
+    that its process still runs."""
+    return bool(record) and (now_us - record.get("updated_at", 0)) / 1e6 < STATUS_STALE_AFTER_S
 
 
 def delay_key(mirror: str) -> str:

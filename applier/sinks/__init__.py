@@ -6,24 +6,9 @@ from urllib.parse import urlsplit
 
 from applier.sinks.base import Sink
 from funnel.errors import ConfigError
+from funnel.urls import sqlite_path
 
 __all__ = ["Sink", "open_sink", "sqlite_path"]
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:`` URL, read like a ``file:`` URL.
-
-    ``sqlite:///var/db/mirror.db`` is the absolute path ``/var/db/mirror.db``;
-    ``sqlite:mirror.db`` is relative to the working directory.
-    Raises ConfigError for a host part or an empty path.
-    """
-    parts = urlsplit(url)
-    if parts.netloc or not parts.path or parts.query or parts.fragment:
-        raise ConfigError(
-            f"bad SQLite URL {url!r}",
-            hint="Use sqlite:///absolute/path.db or sqlite:relative/path.db",
-        )
-    return parts.path
 
 
 def open_sink(url: str, create_tables: bool = False,

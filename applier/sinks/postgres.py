@@ -70,7 +70,6 @@ from applier.sinks.postgres_sql import (
     one_line,
     position_select_sql,
     position_upsert_sql,
-    redact_url,
     truncate_sql,
     upsert_select_sql,
     upsert_values_sql,
@@ -79,6 +78,7 @@ from applier.sinks.state import position_from_row, position_to_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
 from funnel.events import Op, Row, TableChanges, Value
+from funnel.urls import masked_password
 
 # Below this many rows a batch is cheaper as one pipelined executemany than as COPY +
 # INSERT ... SELECT (two more round trips).  Measured with bench/apply_postgres.py's
@@ -239,7 +239,7 @@ class PostgresSink:
 
     # -- connection ---------------------------------------------------------------
     def _connect(self) -> psycopg.Connection:
-        where = redact_url(self.url)
+        where = masked_password(self.url)
         try:
             options = conninfo_to_dict(self.url)
             extra = {} if "connect_timeout" in options else {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -268,7 +268,7 @@ class PostgresSink:
     def _ensure_connected(self) -> None:
         """Reconnect after a lost connection (a server restart).  Raises SinkError."""
         if self._closed:
-            raise SinkError(f"the mirror sink for {redact_url(self.url)} is closed")
+            raise SinkError(f"the mirror sink for {masked_password(self.url)} is closed")
         if self._conn.closed or self._conn.broken:
             self._forget()
             self._conn.close()
@@ -311,7 +311,7 @@ class PostgresSink:
         try:
             row = self._conn.execute(_POSITION_SELECT, (funnel, mirror)).fetchone()
         except psycopg.Error as exc:
-            raise SinkError(f"cannot read the position of mirror {mirror!r} in {redact_url(self.url)}: "
+            raise SinkError(f"cannot read the position of mirror {mirror!r} in {masked_password(self.url)}: "
                             f"{one_line(exc)}") from exc
         return None if row is None else position_from_row(row)
 
@@ -336,7 +336,7 @@ class PostgresSink:
         except BaseException as exc:
             self._after_rollback()
             if isinstance(exc, psycopg.Error):
-                raise SinkError(f"cannot apply to mirror database {redact_url(self.url)}: "
+                raise SinkError(f"cannot apply to mirror database {masked_password(self.url)}: "
                                 f"{one_line(exc)}") from exc
             raise
         return applied

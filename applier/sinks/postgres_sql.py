@@ -24,7 +24,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from applier.sinks.base import check_key
 from applier.sinks.sqlite_sql import STATE_COLUMNS, STATE_TABLE
@@ -336,19 +335,6 @@ def position_upsert_sql() -> str:
 def position_select_sql() -> str:
     """SELECT of the state row for one (funnel, mirror), for ``position_from_row``."""
     return f"SELECT {', '.join(STATE_COLUMNS)} FROM {STATE_TABLE} WHERE funnel = %s AND mirror = %s"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-    except ValueError:
-        return "(unparsable URL)"
 
 
 def one_line(message: object) -> str:

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from applier.sinks import sqlite_path
 from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row, position_to_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
-from applier.switchback.state import SwitchbackError, redact_url
+from applier.switchback.state import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
+from funnel.urls import masked_password, sqlite_path
 
 INTERNAL_PREFIX = "_timefunnel_"
 FREEZE_PREFIX = "timefunnel_freeze_"
@@ -98,7 +98,7 @@ def _database_errors(method: Callable) -> Callable:
             if not _is_driver_error(exc):
                 raise
             what = method.__name__.strip("_").replace("_", " ")
-            raise SwitchbackError(f"{what} on {redact_url(self.url)} failed: {' '.join(str(exc).split())}") from exc
+            raise SwitchbackError(f"{what} on {masked_password(self.url)} failed: {' '.join(str(exc).split())}") from exc
     return wrapped
 
 
@@ -457,13 +457,12 @@ class PostgresDatabase:
     def _connect(self):
         import psycopg
 
-        from applier.sinks.postgres_sql import redact_url
 
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
                                    application_name="timefunnel-switchback")
         except psycopg.Error as exc:
-            raise SwitchbackError(f"cannot connect to {redact_url(self.url)}: {exc}",
+            raise SwitchbackError(f"cannot connect to {masked_password(self.url)}: {exc}",
                                   hint="check the URL, the server, and PGPASSWORD or ~/.pgpass") from exc
         # The switchback's own sessions write while the database is frozen (state row, unfreeze).
         conn.execute("SET default_transaction_read_only = off")

@@ -24,19 +24,19 @@ from applier.switchback.compare import TableShape, compare_checksums, compare_ta
 from applier.switchback.databases import Database, open_database
 from applier.switchback.pipeline import CapturePort, ReversePipeline
 from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, SwitchbackState, abort_plan, advance,
-                                      complete_decision, failed, new_state, next_action, note, prepare_decision,
-                                      redact_url)
+                                      complete_decision, failed, new_state, next_action, note, prepare_decision)
 from applier.switchback.store import RecordWatcher, StateStore
 from applier.transaction import MirrorPosition
-from funnel.control import ControlChannel, delay_key, producer_key, status_key
+from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, status_is_fresh,
+                            status_key)
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_duration, format_time
 from funnel.topic import ADMIN_TIMEOUT_S, FunnelAdmin, FunnelSpec
+from funnel.urls import without_password
 
-STALE_AFTER_S = 10.0  # a status record older than this: its process is not running
 HANDOVER_TIMEOUT_S = 30.0  # how long complete/abort wait for a running prepare to stop
 PROGRESS_EVERY_S = 30.0
 HookRunner = Callable[[str, dict[str, str]], dict]
@@ -100,13 +100,13 @@ class Switchback:
         resuming = previous is not None and previous.active
         mirror_url = from_url or (previous.from_url if resuming else None) or self._mirror_url(records)
         mirror_db, production_db = self._open_sides(mirror_url, to_url)
-        decision = prepare_decision(previous, redact_url(to_url), redact_url(from_url) if from_url else None)
+        decision = prepare_decision(previous, without_password(to_url), without_password(from_url) if from_url else None)
         self._check_promoted(mirror_db)
         production_db.check(must_exist=False)
         if decision == "new":
             self._refuse_running_capture(records)
-            state = new_state(self.funnel, self.mirror, uuid.uuid4().hex[:8], redact_url(mirror_url),
-                              redact_url(to_url), source_name or self._forward_source(records, to_url),
+            state = new_state(self.funnel, self.mirror, uuid.uuid4().hex[:8], without_password(mirror_url),
+                              without_password(to_url), source_name or self._forward_source(records, to_url),
                               tuple(sorted(mirror_db.tables())), self.clock())
             state = self.store.save(state, previous)
             self.echo(f"switchback of mirror {self.mirror!r}: from {state.from_url} (promoted, serving) to "
@@ -133,7 +133,7 @@ class Switchback:
             raise ConfigError(f"the mirror is {mirror_db.kind} and production is {production_db.kind}: a "
                               f"switchback needs the same kind of database on both sides")
         if _same_database(mirror_db, production_db):
-            raise ConfigError(f"--to {redact_url(to_url)} is the mirror itself",
+            raise ConfigError(f"--to {without_password(to_url)} is the mirror itself",
                               hint="--to names the original production to rebuild")
         return mirror_db, production_db
 
@@ -142,7 +142,7 @@ class Switchback:
         position = mirror_db.read_position(self.funnel, self.mirror)
         if position is None:
             raise SwitchbackError(f"mirror {self.mirror!r} of funnel {self.funnel!r} has no state in "
-                                  f"{redact_url(mirror_db.url)}", hint="check --mirror and --from")
+                                  f"{without_password(mirror_db.url)}", hint="check --mirror and --from")
         if position.promoted_at is None:
             raise SwitchbackError(f"mirror {self.mirror!r} is not promoted ({position.mode}): a switchback starts "
                                   f"from a promoted mirror that serves the application",
@@ -154,8 +154,8 @@ class Switchback:
 
         A stopped capture's last status looks fresh for a while, so a fresh one is read twice.
         """
-        fresh = {key: value for key, value in records.items() if key.startswith("producer/")
-                 and (self.clock() - value.get("updated_at", 0)) / 1e6 < STALE_AFTER_S}
+        fresh = {key: value for key, value in records.items()
+                 if key.startswith("producer/") and status_is_fresh(value, self.clock())}
         if not fresh:
             return
         time.sleep(2.5)
@@ -205,7 +205,7 @@ class Switchback:
             capture.close()
             raise
         applier = Applier(self.kafka, sink, ApplierOptions(reverse, REVERSE_MIRROR, 0.0))
-        applier.sink_url = redact_url(to_url)
+        applier.sink_url = without_password(to_url)
         return ReversePipeline(capture, applier, self.poll_interval_s)
 
     def _follow(self, state: SwitchbackState, mirror_url: str, to_url: str,
@@ -311,7 +311,7 @@ class Switchback:
         while True:
             status = ControlChannel(self.kafka, state.reverse_funnel).read_all().get(status_key(REVERSE_MIRROR))
             if not status or status.get("state") != "running" or \
-                    (self.clock() - status.get("updated_at", 0)) / 1e6 > STALE_AFTER_S:
+                    (self.clock() - status.get("updated_at", 0)) / 1e6 > STATUS_STALE_AFTER_S:
                 return
             if time.monotonic() > deadline:
                 raise SwitchbackError(f"prepare still runs the reverse direction after {HANDOVER_TIMEOUT_S:.0f}s",
@@ -552,7 +552,7 @@ class Switchback:
     def _hook_env(self, state: SwitchbackState, step: str, to_url: str) -> dict[str, str]:
         env = {"FUNNEL_NAME": self.funnel, "FUNNEL_MIRROR": self.mirror, "FUNNEL_SWITCHBACK_STEP": step,
                "FUNNEL_SWITCHBACK_FROM": state.from_url, "FUNNEL_SWITCHBACK_TO": state.to_url,
-               "FUNNEL_SINK_URL": redact_url(to_url)}
+               "FUNNEL_SINK_URL": without_password(to_url)}
         if state.freeze:
             env["FUNNEL_FROZEN_AT"] = format_time(state.freeze["at"])
         return env
@@ -607,8 +607,7 @@ class Switchback:
             capture = records.get(producer_key(f"switchback-{self.mirror}"))
             now = self.clock()
             report["reverse"] = {
-                "running": bool(applier) and applier.get("state") == "running"
-                and (now - applier.get("updated_at", 0)) / 1e6 < STALE_AFTER_S,
+                "running": bool(applier) and applier.get("state") == "running" and status_is_fresh(applier, now),
                 "production_valid_as_of": (applier or {}).get("valid_as_of"),
                 "production_next_offset": (applier or {}).get("next_offset"),
                 "captured_position": (capture or {}).get("position"),
@@ -628,15 +627,15 @@ def _same_database(a: Database, b: Database) -> bool:
 
     if a.kind == "sqlite":
         return os.path.realpath(a.path) == os.path.realpath(b.path)  # type: ignore[attr-defined]
-    return redact_url(a.url) == redact_url(b.url)
+    return without_password(a.url) == without_password(b.url)
 
 
 def _same_as(given: str | None, recorded: str, option: str) -> str:
     """The URL to use: the recorded one (no password), or ``given`` if it names the same database."""
     if given is None:
         return recorded
-    if redact_url(given) != recorded:
-        raise SwitchbackError(f"{option} {redact_url(given)} is not the switchback's {recorded}",
+    if without_password(given) != recorded:
+        raise SwitchbackError(f"{option} {without_password(given)} is not the switchback's {recorded}",
                               hint=f"omit {option}, or abort the switchback and prepare a new one")
     return given
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from funnel.errors import TimeFunnelError
 
@@ -88,15 +87,6 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.ABORTING: frozenset({Phase.ABORTED}),
     Phase.ABORTED: frozenset(),
 }
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (as ``funnel apply`` reports its sink), for the record."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def record_key(mirror: str) -> str:

@@ -46,9 +46,9 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     sink = open_sink(sink_url, create_tables=create_tables,
                      table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())
     applier = Applier(kafka, sink, options)
-    from funnel.cli.mirror_ops import redact
+    from funnel.urls import without_password
 
-    applier.sink_url = redact(sink_url)
+    applier.sink_url = without_password(sink_url)
     stop = stop_on_signals()
     applier.start()
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "

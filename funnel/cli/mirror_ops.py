@@ -10,7 +10,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -18,24 +17,14 @@ from applier.applier import Applier, ApplierOptions, Command
 from applier.pointintime import PointInTimeError, Plan, Target, make_plan
 from applier.sinks import open_sink
 from applier.transaction import MirrorPosition
-from funnel.control import ControlChannel, command_key, delay_key, status_key
+from funnel.control import ControlChannel, command_key, delay_key, status_is_fresh, status_key
 from funnel.errors import TimeFunnelError
 from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.topic import FunnelAdmin
+from funnel.urls import without_password
 
-STALE_AFTER_S = 10.0
 WAIT_TIMEOUT_S = 3600.0
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for status records and hook environments."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass
@@ -55,9 +44,7 @@ class MirrorHandle:
     @property
     def running(self) -> bool:
         status = self.status
-        if not status or status.get("state") != "running":
-            return False
-        return (time.time_ns() // 1000 - status["updated_at"]) / 1e6 < STALE_AFTER_S
+        return bool(status) and status.get("state") == "running" and status_is_fresh(status, time.time_ns() // 1000)
 
     def position(self) -> MirrorPosition:
         """The mirror's position: from the sink when given, else from the running applier's status."""
@@ -68,7 +55,7 @@ class MirrorHandle:
             finally:
                 sink.close()
             if stored is None:
-                raise TimeFunnelError(f"mirror {self.mirror!r} does not exist in {redact(self.sink_url)} "
+                raise TimeFunnelError(f"mirror {self.mirror!r} does not exist in {without_password(self.sink_url)} "
                                       f"for funnel {self.funnel!r}", hint="check --mirror and --sink")
             return stored
         status = self.status
@@ -122,8 +109,7 @@ def _through_control(handle: MirrorHandle, command: Command, plan: Plan) -> dict
             if reported["state"] == "done":
                 progress.finish()
                 return status
-        age = (time.time_ns() // 1000 - status.get("updated_at", 0)) / 1e6
-        if age > STALE_AFTER_S or status.get("state") == "stopped":
+        if not status_is_fresh(status, time.time_ns() // 1000) or status.get("state") == "stopped":
             raise TimeFunnelError(f"the applier of mirror {handle.mirror!r} stopped before the {command.kind} "
                                   f"finished", hint="rerun the command with --sink URL")
         time.sleep(0.5)
@@ -134,7 +120,7 @@ def _in_process(handle: MirrorHandle, command: Command, plan: Plan) -> dict[str,
     delay = (handle.records.get(delay_key(handle.mirror)) or {}).get("delay_s", 0.0)
     applier = Applier(handle.kafka, open_sink(handle.sink_url),
                       ApplierOptions(handle.funnel, handle.mirror, float(delay), announce_delay=False))
-    applier.sink_url = redact(handle.sink_url)
+    applier.sink_url = without_password(handle.sink_url)
     progress = Progress(command, plan)
     applier.start()
     try:

@@ -8,11 +8,12 @@ import time
 import click
 
 from applier.pointintime import Target
-from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, redact, run_command
+from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, run_command
 from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.cli.seek import render_plan, sink_option
 from funnel.errors import TimeFunnelError
 from funnel.timeparse import format_time
+from funnel.urls import without_password
 
 
 @click.command()
@@ -53,7 +54,7 @@ def promote(mirror: str, at_text: str | None, excluded: tuple[str, ...], hook: s
     if hook:
         env = {"FUNNEL_NAME": funnel_name, "FUNNEL_MIRROR": mirror, "FUNNEL_TARGET_TIME": format_time(target),
                "FUNNEL_PROMOTED_AT": format_time(status["promoted_at"]),
-               "FUNNEL_SINK_URL": redact(sink_url) if sink_url else (status.get("sink_url") or "")}
+               "FUNNEL_SINK_URL": without_password(sink_url) if sink_url else (status.get("sink_url") or "")}
         result["hook"] = run_hook(hook, env)
         hook_failed = result["hook"]["exit_code"] != 0
     if as_json:

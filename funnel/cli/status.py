@@ -14,13 +14,12 @@ import click
 
 from applier import schedule
 from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings
-from funnel.control import ControlChannel
+from funnel.control import ControlChannel, status_is_fresh
 from funnel.events import Kind
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_duration, format_time
 from funnel.topic import FunnelAdmin
 
-STALE_AFTER_S = 10.0  # a status record older than this means the process is not running
 
 
 def mirror_report(mirror: str, delay_s: float | None, status: dict | None, reader: FunnelReader,
@@ -30,7 +29,7 @@ def mirror_report(mirror: str, delay_s: float | None, status: dict | None, reade
     pending = [t for t in reader.transactions(max(next_offset, low), high) if t.kind is not Kind.HEARTBEAT]
     oldest = pending[0].commit_ts if pending else None
     delay_us = int((delay_s or 0) * 1e6)
-    running = bool(status) and (now - status["updated_at"]) / 1e6 < STALE_AFTER_S
+    running = status_is_fresh(status, now)
     return {
         "mirror": mirror,
         "state": (status or {}).get("state", "never ran") if running or not status else "not running",
@@ -61,9 +60,8 @@ def funnel_report(kafka, funnel_name: str, now: int | None = None) -> dict[str, 
     producers = []
     for key, value in sorted(records.items()):
         if key.startswith("producer/"):
-            age = (now - value["updated_at"]) / 1e6
-            producers.append({**value, "state": value.get("state") if age < STALE_AFTER_S else "not running",
-                              "status_age_s": age})
+            producers.append({**value, "state": value.get("state") if status_is_fresh(value, now) else "not running",
+                              "status_age_s": (now - value["updated_at"]) / 1e6})
     return {"funnel": funnel_name, "retention_s": None if math.isinf(info.retention_s) else info.retention_s, "low_watermark": low,
             "high_watermark": high, "mirrors": reports, "producers": producers, "now": now}
 

@@ -60,10 +60,10 @@ class ProducerPort:
 def _remove_sqlite_capture(url: str) -> list[str]:
     """Drops the capture's triggers and bookkeeping tables (``producer.sources.sqlite``), in one transaction."""
     from applier.switchback.state import SwitchbackError
-    from producer.sources import sqlite_source_path
+    from funnel.urls import sqlite_path
     from producer.sources.sqlite import CHANGELOG, GROUPS, LAYOUTS, PREFIX, quote_ident
 
-    path = sqlite_source_path(url)
+    path = sqlite_path(url)
     if not Path(path).is_file():
         return []
     removed = []

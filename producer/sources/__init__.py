@@ -5,14 +5,7 @@ from pathlib import PurePath
 from urllib.parse import urlsplit
 
 from funnel.errors import ConfigError
-
-
-def sqlite_source_path(url: str) -> str:
-    """``sqlite:///abs/path.db`` → ``/abs/path.db``; ``sqlite:rel.db`` → ``rel.db``."""
-    parts = urlsplit(url)
-    if parts.netloc or not parts.path or parts.query or parts.fragment:
-        raise ConfigError(f"bad SQLite URL {url!r}", hint="use sqlite:///absolute/path.db or sqlite:relative/path.db")
-    return parts.path
+from funnel.urls import sqlite_path
 
 
 def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = False, *,
@@ -32,7 +25,7 @@ def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = Fal
         _reject_postgres_options(slot=slot, publication=publication, replica_identity_full=replica_identity_full)
         from producer.sources.sqlite import SqliteSource
 
-        return SqliteSource(sqlite_source_path(url), tables, rowid_key=rowid_key)
+        return SqliteSource(sqlite_path(url), tables, rowid_key=rowid_key)
     if scheme in ("postgresql", "postgres"):
         if rowid_key:
             raise ConfigError("--rowid-key is for SQLite sources only",

@@ -138,7 +138,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import pq, sql
@@ -146,6 +145,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
+from funnel.urls import masked_password
 from producer.sources.base import SourceTransaction
 from producer.sources.pgoutput import (
     UNCHANGED,
@@ -831,23 +831,13 @@ class PostgresSnapshot:
 # -- connections -----------------------------------------------------------------------
 
 
-def display_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def conninfo(url: str, **extra: str) -> str:
     """libpq connection string for ``url`` with our session settings added to its options.
     Raises ConfigError for a malformed URL."""
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"bad PostgreSQL URL {display_url(url)}: {exc}") from exc
+        raise ConfigError(f"bad PostgreSQL URL {masked_password(url)}: {exc}") from exc
     params["options"] = f"{params.get('options', '')} {SESSION_OPTIONS}".strip()
     params["client_encoding"] = "UTF8"
     params.setdefault("application_name", "timefunnel-capture")
@@ -859,7 +849,7 @@ def connect(url: str, autocommit: bool = True) -> psycopg.Connection:
     try:
         return psycopg.connect(conninfo(url), autocommit=autocommit)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to PostgreSQL at {display_url(url)}: {exc}") from exc
+        raise SourceError(f"cannot connect to PostgreSQL at {masked_password(url)}: {exc}") from exc
 
 
 def _check_server(conn: psycopg.Connection) -> None:
@@ -896,7 +886,7 @@ class _ReplicationStream:
         if pgconn.status != pq.ConnStatus.OK:
             message = _pg_error(pgconn)
             pgconn.finish()
-            raise SourceError(f"cannot open a replication connection to {display_url(url)}: {message}",
+            raise SourceError(f"cannot open a replication connection to {masked_password(url)}: {message}",
                               hint="the role needs REPLICATION and pg_hba.conf must let it connect to the database")
         return cls(pgconn, url)
 
@@ -943,13 +933,13 @@ class _ReplicationStream:
                 self._pg.consume_input()
                 size, data = self._pg.get_copy_data(1)
         except psycopg.Error as exc:
-            raise SourceError(f"replication stream from {display_url(self._url)} failed: {exc}") from exc
+            raise SourceError(f"replication stream from {masked_password(self._url)} failed: {exc}") from exc
         if size > 0:
             return bytes(data)
         if size == 0:
             return None
         result = self._pg.get_result()
-        raise SourceError(f"replication stream from {display_url(self._url)} ended: "
+        raise SourceError(f"replication stream from {masked_password(self._url)} ended: "
                           f"{_result_error(result, self._pg) if result else 'no reason given'}")
 
     def send(self, message: bytes) -> None:
@@ -958,7 +948,7 @@ class _ReplicationStream:
             self._pg.put_copy_data(message)
             self._pg.flush()
         except psycopg.Error as exc:
-            raise SourceError(f"replication stream to {display_url(self._url)} failed: {exc}") from exc
+            raise SourceError(f"replication stream to {masked_password(self._url)} failed: {exc}") from exc
 
     def close(self) -> None:
         if self._streaming and self._pg.status == pq.ConnStatus.OK:

@@ -21,13 +21,13 @@ from applier.sinks.postgres_sql import (
     position_select_sql,
     position_upsert_sql,
     quote_ident,
-    redact_url,
     truncate_sql,
     upsert_select_sql,
     upsert_values_sql,
 )
 from applier.sinks.state import position_to_row
 from applier.transaction import MirrorPosition
+from funnel.urls import masked_password
 from funnel.errors import SinkError
 
 
@@ -251,7 +251,7 @@ def test_position_statements_match_the_shared_state_row() -> None:
     ],
 )
 def test_redact_url_hides_the_password(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
+    assert masked_password(url) == shown
 
 
 def test_one_line_joins_detail_lines() -> None:

@@ -11,8 +11,8 @@ from applier.switchback.compare import (ResetPlan, TableShape, WriteActivity, ch
                                         compare_tables, is_quiet, plan_reset, row_digest, value_bytes)
 from applier.switchback.databases import _with_affinity
 from applier.switchback.state import (ALLOWED, NO_RETURN, Phase, SwitchbackError, SwitchbackState, abort_plan,
-                                      advance, complete_decision, failed, new_state, next_action, prepare_decision,
-                                      redact_url, reverse_funnel_name)
+                                      advance, complete_decision, failed, new_state, next_action, prepare_decision, reverse_funnel_name)
+from funnel.urls import without_password
 
 T0 = 1_800_000_000_000_000
 
@@ -69,8 +69,8 @@ def test_each_cycle_gets_its_own_reverse_funnel():
 
 
 def test_urls_are_recorded_without_password():
-    assert redact_url("postgresql://app:s3cret@db:5432/shop") == "postgresql://app@db:5432/shop"
-    assert redact_url("sqlite:///srv/prod.db") == "sqlite:///srv/prod.db"
+    assert without_password("postgresql://app:s3cret@db:5432/shop") == "postgresql://app@db:5432/shop"
+    assert without_password("sqlite:///srv/prod.db") == "sqlite:///srv/prod.db"
 
 
 # -- decisions ------------------------------------------------------------------------------
