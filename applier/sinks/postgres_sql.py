@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from applier.sinks.base import check_key
-from applier.sinks.sqlite_sql import STATE_COLUMNS, STATE_TABLE
+from applier.sinks.state import STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
 
 DEFAULT_SCHEMA = "public"
@@ -323,18 +323,12 @@ def has_rows_sql(table: str) -> str:
 
 def position_upsert_sql() -> str:
     """Upsert of the whole state row; parameters from ``applier.sinks.state.position_to_row``."""
-    names = ", ".join(STATE_COLUMNS)
-    placeholders = ", ".join(["%s"] * len(STATE_COLUMNS))
-    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in STATE_COLUMNS[2:])
-    return (
-        f"INSERT INTO {STATE_TABLE} ({names}) VALUES ({placeholders}) "
-        f"ON CONFLICT (funnel, mirror) DO UPDATE SET {updates}"
-    )
+    return state_upsert_sql("%s")
 
 
 def position_select_sql() -> str:
     """SELECT of the state row for one (funnel, mirror), for ``position_from_row``."""
-    return f"SELECT {', '.join(STATE_COLUMNS)} FROM {STATE_TABLE} WHERE funnel = %s AND mirror = %s"
+    return state_select_sql("%s")
 
 
 def one_line(message: object) -> str:

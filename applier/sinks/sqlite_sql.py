@@ -22,28 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from applier.sinks.base import check_key
+from applier.sinks.state import STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
-
-STATE_TABLE = "_timefunnel_state"
 
 # Schemas that are the database's default namespace on their source: dropped.
 DEFAULT_SCHEMAS = frozenset({"main", "public"})
 
-STATE_COLUMNS = (
-    "funnel",
-    "mirror",
-    "topic",
-    "partition",
-    "next_offset",
-    "last_txid",
-    "last_commit_ts",
-    "valid_as_of",
-    "snapshot_done",
-    "hold_until",
-    "promoted_at",
-    "promote_target",
-    "excluded_txids",
-)
 
 # The whole state (position, hold, promotion) is written by every apply, in the same
 # database transaction as the rows: a promotion is recorded atomically with its last rows.
@@ -149,18 +133,12 @@ def truncate_sql(table: str) -> str:
 
 def position_upsert_sql() -> str:
     """Upsert of the whole state row of one (funnel, mirror)."""
-    names = ", ".join(STATE_COLUMNS)
-    placeholders = ", ".join("?" * len(STATE_COLUMNS))
-    updates = ", ".join(f"{column} = excluded.{column}" for column in STATE_COLUMNS[2:])
-    return (
-        f"INSERT INTO {STATE_TABLE} ({names}) VALUES ({placeholders}) "
-        f"ON CONFLICT (funnel, mirror) DO UPDATE SET {updates}"
-    )
+    return state_upsert_sql("?")
 
 
 def position_select_sql() -> str:
     """SELECT of the state row's columns for one (funnel, mirror)."""
-    return f"SELECT {', '.join(STATE_COLUMNS)} FROM {STATE_TABLE} WHERE funnel = ? AND mirror = ?"
+    return state_select_sql("?")
 
 
 def key_indexes(table: str, columns: Sequence[str], key: Sequence[str]) -> tuple[int, ...]:

@@ -1,8 +1,8 @@
-"""The mirror's state row as plain column values, shared by every sink.
+"""The mirror's state table, shared by every sink: its columns, its SQL, and rows.
 
-Column order is ``sqlite_sql.STATE_COLUMNS``: funnel, mirror, topic, partition,
-next_offset, last_txid, last_commit_ts, valid_as_of, snapshot_done, hold_until,
-promoted_at, promote_target, excluded_txids (a JSON array of txids).
+Column order is ``STATE_COLUMNS``: funnel, mirror, topic, partition, next_offset,
+last_txid, last_commit_ts, valid_as_of, snapshot_done, hold_until, promoted_at,
+promote_target, excluded_txids (a JSON array of txids).
 """
 from __future__ import annotations
 
@@ -10,6 +10,25 @@ import json
 from typing import Any, Sequence
 
 from applier.transaction import MirrorPosition
+
+STATE_TABLE = "_timefunnel_state"
+STATE_COLUMNS = ("funnel", "mirror", "topic", "partition", "next_offset", "last_txid", "last_commit_ts",
+                 "valid_as_of", "snapshot_done", "hold_until", "promoted_at", "promote_target", "excluded_txids")
+
+
+def state_upsert_sql(placeholder: str) -> str:
+    """Upsert of the whole state row of one (funnel, mirror); ``placeholder`` is ``?`` or ``%s``."""
+    names = ", ".join(STATE_COLUMNS)
+    placeholders = ", ".join([placeholder] * len(STATE_COLUMNS))
+    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in STATE_COLUMNS[2:])
+    return (f"INSERT INTO {STATE_TABLE} ({names}) VALUES ({placeholders}) "
+            f"ON CONFLICT (funnel, mirror) DO UPDATE SET {updates}")
+
+
+def state_select_sql(placeholder: str) -> str:
+    """SELECT of the state row of one (funnel, mirror), for ``position_from_row``."""
+    return (f"SELECT {', '.join(STATE_COLUMNS)} FROM {STATE_TABLE} "
+            f"WHERE funnel = {placeholder} AND mirror = {placeholder}")
 
 
 def position_to_row(position: MirrorPosition) -> tuple[Any, ...]:
