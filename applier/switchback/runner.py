@@ -368,7 +368,9 @@ class Switchback:
                 raise SwitchbackError(f"writes still reach the mirror after {format_duration(timeout)}: "
                                       f"{activity.describe(time.monotonic() - started)}",
                                       hint="make the application stop writing to the mirror (check the freeze "
-                                           "hook), then rerun `funnel switchback complete`")
+                                           "hook), then rerun `funnel switchback complete`; meanwhile rerun "
+                                           "`funnel switchback prepare`: production follows the mirror only "
+                                           "while it runs")
             pipeline.step_applier()  # production keeps following meanwhile
             time.sleep(0.1)
             samples.append((time.monotonic(), mirror_db.write_marker()))
@@ -592,19 +594,24 @@ class Switchback:
     def status(self) -> dict[str, Any]:
         """The record, what to do next, and what the reverse direction reports right now."""
         self.admin.describe(self.funnel)
-        state = self.store.load()
+        records = self.control.read_all()
+        state = self.store.load(records)
         report: dict[str, Any] = {"funnel": self.funnel, "mirror": self.mirror,
-                                  "switchback": state.as_record() if state else None,
-                                  "next": next_action(state, self.mirror), "reverse": None}
-        if state is not None and state.active:
+                                  "switchback": state.as_record() if state else None, "reverse": None}
+        if state is None:
+            known, promoted = self._promotion(records)
+            report["mirror_promoted"] = promoted
+            report["next"] = next_action(None, self.mirror, known=known, promoted=promoted)
+            return report
+        if state.active:
             try:
                 report["mirror_frozen"] = open_database(state.from_url).frozen()
             except TimeFunnelError as exc:  # e.g. a PostgreSQL mirror whose password is not in the environment
                 report["mirror_frozen"] = f"unknown: {exc}"
-        if state is not None and state.active and control_topic(state.reverse_funnel) in self.admin.topics():
-            records = ControlChannel(self.kafka, state.reverse_funnel).read_all()
-            applier = records.get(status_key(REVERSE_MIRROR))
-            capture = records.get(producer_key(f"switchback-{self.mirror}"))
+        if state.active and control_topic(state.reverse_funnel) in self.admin.topics():
+            reverse = ControlChannel(self.kafka, state.reverse_funnel).read_all()
+            applier = reverse.get(status_key(REVERSE_MIRROR))
+            capture = reverse.get(producer_key(f"switchback-{self.mirror}"))
             now = self.clock()
             report["reverse"] = {
                 "running": bool(applier) and applier.get("state") == "running" and status_is_fresh(applier, now),
@@ -612,7 +619,24 @@ class Switchback:
                 "production_next_offset": (applier or {}).get("next_offset"),
                 "captured_position": (capture or {}).get("position"),
             }
+        running = report["reverse"]["running"] if report["reverse"] else (False if state.active else None)
+        report["next"] = next_action(state, self.mirror, prepare_running=running)
         return report
+
+    def _promotion(self, records: dict[str, dict]) -> tuple[bool, bool | None]:
+        """(an applier reported the mirror, it is promoted): the mirror's own state row says, else
+        its applier's last status (None when neither tells)."""
+        status = records.get(status_key(self.mirror))
+        if not status:
+            return False, None
+        try:
+            position = open_database(status["sink_url"]).read_position(self.funnel, self.mirror) \
+                if status.get("sink_url") else None
+        except TimeFunnelError:  # e.g. a PostgreSQL mirror whose password is not in the environment
+            position = None
+        if position is not None:
+            return True, position.promoted_at is not None
+        return True, (status["promoted_at"] is not None) if "promoted_at" in status else None
 
     # == helpers ==========================================================================
     def _save(self, state: SwitchbackState, expected: SwitchbackState) -> SwitchbackState:

@@ -391,6 +391,8 @@ def test_freeze_waits_no_longer_than_its_timeout_names_the_writers_and_abort_rol
     report = status_json(bootstrap, funnel_name)
     assert report["switchback"]["phase"] == "syncing" and "freeze failed" in report["switchback"]["error"]
     assert report["mirror_frozen"] is False
+    assert prepare.process.wait(30) == 0, "complete took over from prepare"
+    assert report["next"].startswith("prepare is not running") and "switchback prepare" in report["next"], report
 
     # This time the application stops and the mirror is frozen; then the operator changes their mind.
     frozen = start_funnel(bootstrap, procs, tmp_path, *site.complete_args())
