@@ -31,6 +31,7 @@ from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, pro
                             status_key)
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind
+from funnel.identity import same_identity
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_duration, format_time
@@ -100,7 +101,10 @@ class Switchback:
         resuming = previous is not None and previous.active
         mirror_url = from_url or (previous.from_url if resuming else None) or self._mirror_url(records)
         mirror_db, production_db = self._open_sides(mirror_url, to_url)
-        decision = prepare_decision(previous, without_password(to_url), without_password(from_url) if from_url else None)
+        to_key = without_password(to_url)
+        if resuming and to_key != previous.to_url and _names_same_database(to_url, previous.to_url):
+            to_key = previous.to_url  # the same production, spelled differently
+        decision = prepare_decision(previous, to_key, without_password(from_url) if from_url else None)
         self._check_promoted(mirror_db)
         production_db.check(must_exist=False)
         if decision == "new":
@@ -127,14 +131,15 @@ class Switchback:
         return status["sink_url"]
 
     def _open_sides(self, mirror_url: str, to_url: str) -> tuple[Database, Database]:
-        """Raises ConfigError for a bad URL, SwitchbackError for two different kinds or the same database."""
+        """Raises ConfigError for a bad URL, two different kinds or the same database however spelled
+        (a hard link, a symlink, another host name or user), SwitchbackError for one that cannot be reached."""
         mirror_db, production_db = open_database(mirror_url), open_database(to_url)
         if mirror_db.kind != production_db.kind:
             raise ConfigError(f"the mirror is {mirror_db.kind} and production is {production_db.kind}: a "
                               f"switchback needs the same kind of database on both sides")
-        if _same_database(mirror_db, production_db):
-            raise ConfigError(f"--to {without_password(to_url)} is the mirror itself",
-                              hint="--to names the original production to rebuild")
+        if same_identity(mirror_db.identity(), production_db.identity()):
+            raise ConfigError(f"--to {without_password(to_url)} is the mirror itself (the same database as "
+                              f"{without_password(mirror_url)})", hint="--to names the original production to rebuild")
         return mirror_db, production_db
 
     def _check_promoted(self, mirror_db: Database) -> MirrorPosition:
@@ -646,19 +651,20 @@ class Switchback:
         self.control.close()
 
 
-def _same_database(a: Database, b: Database) -> bool:
-    import os
-
-    if a.kind == "sqlite":
-        return os.path.realpath(a.path) == os.path.realpath(b.path)  # type: ignore[attr-defined]
-    return without_password(a.url) == without_password(b.url)
+def _names_same_database(url: str, other: str) -> bool:
+    """Both URLs name one database (compared by identity); False when either cannot be told."""
+    try:
+        a, b = open_database(url), open_database(other)
+        return a.kind == b.kind and same_identity(a.identity(), b.identity())
+    except TimeFunnelError:
+        return False
 
 
 def _same_as(given: str | None, recorded: str, option: str) -> str:
     """The URL to use: the recorded one (no password), or ``given`` if it names the same database."""
     if given is None:
         return recorded
-    if without_password(given) != recorded:
+    if without_password(given) != recorded and not _names_same_database(given, recorded):
         raise SwitchbackError(f"{option} {without_password(given)} is not the switchback's {recorded}",
                               hint=f"omit {option}, or abort the switchback and prepare a new one")
     return given

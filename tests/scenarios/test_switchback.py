@@ -15,10 +15,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
+from funnel.codec import EventCodec
 from funnel.control import ControlChannel
+from funnel.events import Kind
 from funnel.kafka import KafkaSettings
+from funnel.reader import FunnelReader
 from funnel.topic import FunnelAdmin
 from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
 
@@ -504,6 +508,14 @@ def pg_query(url: str, *statements: str) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+def respelled(url: str, user: str | None = None) -> str:
+    """The same database spelled differently: localhost for 127.0.0.1 (and back), or another user."""
+    parts = urlsplit(url)
+    host = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(parts.hostname, parts.hostname)
+    netloc = f"{user or parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg_databases):
     prod, mirror = pg_databases
     pg_query(prod, "CREATE TABLE orders (id bigint PRIMARY KEY, total numeric(12,2), note text)",
@@ -519,6 +531,16 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     app.point_at(mirror)
     pg_query(prod, "INSERT INTO orders VALUES (999999, 1, 'stale')", "CREATE TABLE junk (id int PRIMARY KEY)")
 
+    # The promoted mirror under another host name or another user is still the mirror: refused, nothing changed.
+    pg_query(mirror, "DO $$BEGIN CREATE ROLE timefunnel_test_other LOGIN; "
+                     "EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    items = pg_rows(mirror, "items")
+    for spelling in (respelled(mirror), respelled(mirror, user="timefunnel_test_other")):
+        assert "is the mirror itself" in refused(bootstrap, "switchback", "prepare", "--funnel", funnel_name,
+                                                 "--mirror", "m1", "--to", spelling)
+    assert pg_rows(mirror, "items") == items and len(pg_rows(mirror, "orders")) > 50
+    assert record(bootstrap, funnel_name) is None
+
     prepare = start_funnel(bootstrap, procs, tmp_path, "switchback", "prepare", "--funnel", funnel_name, "--mirror", "m1",
                     "--to", prod)
     wait_log(prepare, "syncing:", 60)
@@ -530,7 +552,7 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     takeover = f"{sys.executable} {probe_script} {mirror} > {probe}; echo {prod} > {app.dir / 'target'}"
     done = ok(run_funnel(bootstrap, "switchback", "complete", "--funnel", funnel_name, "--mirror", "m1",
                          "--freeze-hook", f"touch {app.dir / 'frozen'}", "--takeover-hook", takeover,
-                         "--delay", "1s", timeout=180))
+                         "--delay", "1s", "--to", respelled(prod), timeout=180))
     assert "verify: public.orders" in done and "done:" in done, done
     assert prepare.process.wait(30) == 0
 
