@@ -27,8 +27,8 @@ from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, Sw
                                       complete_decision, failed, new_state, next_action, note, prepare_decision)
 from applier.switchback.store import RecordWatcher, StateStore
 from applier.transaction import MirrorPosition
-from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, status_is_fresh,
-                            status_key)
+from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, source_key,
+                            status_is_fresh, status_key)
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind
 from funnel.identity import same_identity
@@ -463,6 +463,7 @@ class Switchback:
             position = capture.start()  # the initial copy, or the one a killed rerun already published
         finally:
             capture.close()
+        self._record_source(state, production_db, position)
         first, end = self._fresh_copy(forward["low_offset"])
         # The mirror equals production (verified), but re-applies the copy all the same: then it
         # holds production's exact values (a REAL column's 5.0, not the 5 the application wrote
@@ -476,6 +477,13 @@ class Switchback:
         return self._save(advance(state, Phase.FORWARD_READY, self.clock(),
                                   f"forward funnel restarts at offset {first} with an initial copy of production",
                                   forward=forward), state)
+
+    def _record_source(self, state: SwitchbackState, production_db: Database, position: int) -> None:
+        """Say which database the source continues in: the capture started after the switchback
+        finds it there by identity, however production's file or URL is named (producer.lineage)."""
+        self.control.write(source_key(state.source_name), {
+            "source": state.source_name, "identity": production_db.identity(), "url": state.to_url,
+            "mirror": self.mirror, "cycle": state.cycle, "position": position, "published_at": self.clock()})
 
     def _delete_old_events(self) -> tuple[int, int]:
         partition = TopicPartition(data_topic(self.funnel), 0)
@@ -537,7 +545,8 @@ class Switchback:
         delays = self.control.delays()
         delay = format_duration(delays[self.mirror]) if self.mirror in delays else "(set --delay)"
         state = self._save(advance(state, Phase.DONE, self.clock(), "switchback done"), state)
-        self.echo(f"done: production is {state.to_url} again. Start the forward direction as before:\n"
+        self.echo(f"done: production is {state.to_url} again. Start the forward direction as before (the capture "
+                  f"continues source {state.source_name!r}, recorded on the control topic):\n"
                   f"  funnel capture {state.to_url} --funnel {self.funnel}\n"
                   f"  funnel apply {state.from_url} --funnel {self.funnel} --mirror {self.mirror} --delay {delay}")
         return state

@@ -8,6 +8,7 @@ import pytest
 
 from funnel.errors import ConfigError
 from funnel.identity import database_identity, same_identity, sqlite_identity
+from producer.lineage import continued_source
 
 
 def test_a_hard_link_a_symlink_and_a_relative_path_are_the_same_sqlite_file(tmp_path, monkeypatch):
@@ -35,3 +36,22 @@ def test_a_file_that_does_not_exist_yet_has_no_identity_and_is_no_other_database
 def test_an_unsupported_url_is_a_config_error():
     with pytest.raises(ConfigError, match="unsupported database URL"):
         database_identity("ftp://host/db")
+
+
+def test_a_capture_continues_the_newest_source_recorded_for_its_database():
+    records = {
+        "source/prod": {"source": "prod", "identity": "sqlite:1:2", "published_at": 5},
+        "source/older": {"source": "older", "identity": "sqlite:1:2", "published_at": 3},
+        "source/other": {"source": "other", "identity": "sqlite:1:9", "published_at": 9},
+        "producer/prod": {"source": "prod"},
+    }
+    assert continued_source(records, "sqlite:///new.db", lambda url: "sqlite:1:2") == "prod"
+    assert continued_source(records, "sqlite:///x.db", lambda url: "sqlite:7:7") is None
+    assert continued_source(records, "sqlite:///missing.db", lambda url: None) is None
+
+
+def test_without_a_recorded_source_the_database_is_not_even_looked_at():
+    def never(url):
+        raise AssertionError("no identity needed")
+
+    assert continued_source({"producer/prod": {"source": "prod"}}, "postgresql://h/db", never) is None
