@@ -11,6 +11,11 @@ Keys say what a record is about; the latest value per key is the truth:
                         capture at start: {"table", "columns": [{"name", "type",
                         "not_null"}], "key": [...]}; PostgreSQL mirrors create missing
                         tables from it (``funnel apply --create-tables``)
+- ``source/<source>``   the database a source continues in after a switchback
+                        rebuilt production: {"source", "identity" (funnel.identity),
+                        "url", "mirror", "cycle", "position", "published_at"}, written
+                        by ``switchback complete``; a capture of that database, however
+                        spelled or named, continues this source (producer.lineage)
 
 JSON rather than Avro because these records are few, small and read by people with
 kcat as often as by programs.
@@ -58,6 +63,13 @@ def command_key(mirror: str) -> str:
 
 def table_key(table: str) -> str:
     return f"table/{table}"
+
+
+SOURCE_PREFIX = "source/"
+
+
+def source_key(source: str) -> str:
+    return f"{SOURCE_PREFIX}{source}"
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any] | None]:

@@ -37,6 +37,7 @@ from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, Wri
 from applier.switchback.state import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
+from funnel.identity import postgres_identity, sqlite_identity
 from funnel.urls import masked_password, sqlite_path
 
 INTERNAL_PREFIX = "_timefunnel_"
@@ -54,6 +55,7 @@ class Database(Protocol):
     quiet_s: float  # how long without a write before the mirror counts as quiet
 
     def check(self, must_exist: bool) -> None: ...
+    def identity(self) -> str | None: ...
     def tables(self) -> dict[str, TableShape]: ...
     def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None: ...
     def write_position(self, position: MirrorPosition) -> None: ...
@@ -138,6 +140,10 @@ class SqliteDatabase:
             raise SwitchbackError(f"SQLite database {self.path} does not exist", hint="check the URL")
         if not Path(self.path).resolve().parent.is_dir():
             raise SwitchbackError(f"directory of {self.path} does not exist", hint="check the URL")
+
+    def identity(self) -> str | None:
+        """The file's device and inode (funnel.identity); None while it does not exist."""
+        return sqlite_identity(self.path)
 
     def _connect(self, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
         if readonly:
@@ -457,7 +463,6 @@ class PostgresDatabase:
     def _connect(self):
         import psycopg
 
-
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
                                    application_name="timefunnel-switchback")
@@ -471,6 +476,12 @@ class PostgresDatabase:
     @_database_errors
     def check(self, must_exist: bool) -> None:
         self._connect().close()
+
+    @_database_errors
+    def identity(self) -> str:
+        """The server's system identifier and the database's oid (funnel.identity)."""
+        with self._connect() as conn:
+            return postgres_identity(conn)
 
     @_database_errors
     def tables(self) -> dict[str, TableShape]:

@@ -27,10 +27,11 @@ from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, Sw
                                       complete_decision, failed, new_state, next_action, note, prepare_decision)
 from applier.switchback.store import RecordWatcher, StateStore
 from applier.transaction import MirrorPosition
-from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, status_is_fresh,
-                            status_key)
+from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, source_key,
+                            status_is_fresh, status_key)
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind
+from funnel.identity import same_identity
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_duration, format_time
@@ -100,7 +101,10 @@ class Switchback:
         resuming = previous is not None and previous.active
         mirror_url = from_url or (previous.from_url if resuming else None) or self._mirror_url(records)
         mirror_db, production_db = self._open_sides(mirror_url, to_url)
-        decision = prepare_decision(previous, without_password(to_url), without_password(from_url) if from_url else None)
+        to_key = without_password(to_url)
+        if resuming and to_key != previous.to_url and _names_same_database(to_url, previous.to_url):
+            to_key = previous.to_url  # the same production, spelled differently
+        decision = prepare_decision(previous, to_key, without_password(from_url) if from_url else None)
         self._check_promoted(mirror_db)
         production_db.check(must_exist=False)
         if decision == "new":
@@ -127,14 +131,15 @@ class Switchback:
         return status["sink_url"]
 
     def _open_sides(self, mirror_url: str, to_url: str) -> tuple[Database, Database]:
-        """Raises ConfigError for a bad URL, SwitchbackError for two different kinds or the same database."""
+        """Raises ConfigError for a bad URL, two different kinds or the same database however spelled
+        (a hard link, a symlink, another host name or user), SwitchbackError for one that cannot be reached."""
         mirror_db, production_db = open_database(mirror_url), open_database(to_url)
         if mirror_db.kind != production_db.kind:
             raise ConfigError(f"the mirror is {mirror_db.kind} and production is {production_db.kind}: a "
                               f"switchback needs the same kind of database on both sides")
-        if _same_database(mirror_db, production_db):
-            raise ConfigError(f"--to {without_password(to_url)} is the mirror itself",
-                              hint="--to names the original production to rebuild")
+        if same_identity(mirror_db.identity(), production_db.identity()):
+            raise ConfigError(f"--to {without_password(to_url)} is the mirror itself (the same database as "
+                              f"{without_password(mirror_url)})", hint="--to names the original production to rebuild")
         return mirror_db, production_db
 
     def _check_promoted(self, mirror_db: Database) -> MirrorPosition:
@@ -368,7 +373,9 @@ class Switchback:
                 raise SwitchbackError(f"writes still reach the mirror after {format_duration(timeout)}: "
                                       f"{activity.describe(time.monotonic() - started)}",
                                       hint="make the application stop writing to the mirror (check the freeze "
-                                           "hook), then rerun `funnel switchback complete`")
+                                           "hook), then rerun `funnel switchback complete`; meanwhile rerun "
+                                           "`funnel switchback prepare`: production follows the mirror only "
+                                           "while it runs")
             pipeline.step_applier()  # production keeps following meanwhile
             time.sleep(0.1)
             samples.append((time.monotonic(), mirror_db.write_marker()))
@@ -456,6 +463,7 @@ class Switchback:
             position = capture.start()  # the initial copy, or the one a killed rerun already published
         finally:
             capture.close()
+        self._record_source(state, production_db, position)
         first, end = self._fresh_copy(forward["low_offset"])
         # The mirror equals production (verified), but re-applies the copy all the same: then it
         # holds production's exact values (a REAL column's 5.0, not the 5 the application wrote
@@ -469,6 +477,13 @@ class Switchback:
         return self._save(advance(state, Phase.FORWARD_READY, self.clock(),
                                   f"forward funnel restarts at offset {first} with an initial copy of production",
                                   forward=forward), state)
+
+    def _record_source(self, state: SwitchbackState, production_db: Database, position: int) -> None:
+        """Say which database the source continues in: the capture started after the switchback
+        finds it there by identity, however production's file or URL is named (producer.lineage)."""
+        self.control.write(source_key(state.source_name), {
+            "source": state.source_name, "identity": production_db.identity(), "url": state.to_url,
+            "mirror": self.mirror, "cycle": state.cycle, "position": position, "published_at": self.clock()})
 
     def _delete_old_events(self) -> tuple[int, int]:
         partition = TopicPartition(data_topic(self.funnel), 0)
@@ -530,7 +545,8 @@ class Switchback:
         delays = self.control.delays()
         delay = format_duration(delays[self.mirror]) if self.mirror in delays else "(set --delay)"
         state = self._save(advance(state, Phase.DONE, self.clock(), "switchback done"), state)
-        self.echo(f"done: production is {state.to_url} again. Start the forward direction as before:\n"
+        self.echo(f"done: production is {state.to_url} again. Start the forward direction as before (the capture "
+                  f"continues source {state.source_name!r}, recorded on the control topic):\n"
                   f"  funnel capture {state.to_url} --funnel {self.funnel}\n"
                   f"  funnel apply {state.from_url} --funnel {self.funnel} --mirror {self.mirror} --delay {delay}")
         return state
@@ -592,19 +608,24 @@ class Switchback:
     def status(self) -> dict[str, Any]:
         """The record, what to do next, and what the reverse direction reports right now."""
         self.admin.describe(self.funnel)
-        state = self.store.load()
+        records = self.control.read_all()
+        state = self.store.load(records)
         report: dict[str, Any] = {"funnel": self.funnel, "mirror": self.mirror,
-                                  "switchback": state.as_record() if state else None,
-                                  "next": next_action(state, self.mirror), "reverse": None}
-        if state is not None and state.active:
+                                  "switchback": state.as_record() if state else None, "reverse": None}
+        if state is None:
+            known, promoted = self._promotion(records)
+            report["mirror_promoted"] = promoted
+            report["next"] = next_action(None, self.mirror, known=known, promoted=promoted)
+            return report
+        if state.active:
             try:
                 report["mirror_frozen"] = open_database(state.from_url).frozen()
             except TimeFunnelError as exc:  # e.g. a PostgreSQL mirror whose password is not in the environment
                 report["mirror_frozen"] = f"unknown: {exc}"
-        if state is not None and state.active and control_topic(state.reverse_funnel) in self.admin.topics():
-            records = ControlChannel(self.kafka, state.reverse_funnel).read_all()
-            applier = records.get(status_key(REVERSE_MIRROR))
-            capture = records.get(producer_key(f"switchback-{self.mirror}"))
+        if state.active and control_topic(state.reverse_funnel) in self.admin.topics():
+            reverse = ControlChannel(self.kafka, state.reverse_funnel).read_all()
+            applier = reverse.get(status_key(REVERSE_MIRROR))
+            capture = reverse.get(producer_key(f"switchback-{self.mirror}"))
             now = self.clock()
             report["reverse"] = {
                 "running": bool(applier) and applier.get("state") == "running" and status_is_fresh(applier, now),
@@ -612,7 +633,24 @@ class Switchback:
                 "production_next_offset": (applier or {}).get("next_offset"),
                 "captured_position": (capture or {}).get("position"),
             }
+        running = report["reverse"]["running"] if report["reverse"] else (False if state.active else None)
+        report["next"] = next_action(state, self.mirror, prepare_running=running)
         return report
+
+    def _promotion(self, records: dict[str, dict]) -> tuple[bool, bool | None]:
+        """(an applier reported the mirror, it is promoted): the mirror's own state row says, else
+        its applier's last status (None when neither tells)."""
+        status = records.get(status_key(self.mirror))
+        if not status:
+            return False, None
+        try:
+            position = open_database(status["sink_url"]).read_position(self.funnel, self.mirror) \
+                if status.get("sink_url") else None
+        except TimeFunnelError:  # e.g. a PostgreSQL mirror whose password is not in the environment
+            position = None
+        if position is not None:
+            return True, position.promoted_at is not None
+        return True, (status["promoted_at"] is not None) if "promoted_at" in status else None
 
     # == helpers ==========================================================================
     def _save(self, state: SwitchbackState, expected: SwitchbackState) -> SwitchbackState:
@@ -622,19 +660,20 @@ class Switchback:
         self.control.close()
 
 
-def _same_database(a: Database, b: Database) -> bool:
-    import os
-
-    if a.kind == "sqlite":
-        return os.path.realpath(a.path) == os.path.realpath(b.path)  # type: ignore[attr-defined]
-    return without_password(a.url) == without_password(b.url)
+def _names_same_database(url: str, other: str) -> bool:
+    """Both URLs name one database (compared by identity); False when either cannot be told."""
+    try:
+        a, b = open_database(url), open_database(other)
+        return a.kind == b.kind and same_identity(a.identity(), b.identity())
+    except TimeFunnelError:
+        return False
 
 
 def _same_as(given: str | None, recorded: str, option: str) -> str:
     """The URL to use: the recorded one (no password), or ``given`` if it names the same database."""
     if given is None:
         return recorded
-    if without_password(given) != recorded:
+    if without_password(given) != recorded and not _names_same_database(given, recorded):
         raise SwitchbackError(f"{option} {without_password(given)} is not the switchback's {recorded}",
                               hint=f"omit {option}, or abort the switchback and prepare a new one")
     return given

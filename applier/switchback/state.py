@@ -250,15 +250,34 @@ def abort_plan(state: SwitchbackState | None, mirror: str) -> AbortPlan:
                      f"of the copy it received): its contents from before the switchback are not restored",))
 
 
-def next_action(state: SwitchbackState | None, mirror: str) -> str:
-    """One line for `switchback status`: what the operator does next."""
+def next_action(state: SwitchbackState | None, mirror: str, known: bool = True, promoted: bool | None = None,
+                prepare_running: bool | None = None) -> str:
+    """One line for `switchback status`: what the operator does next.
+
+    Without a switchback, ``known`` says whether an applier ever reported the mirror and
+    ``promoted`` whether it is promoted (None: cannot tell); with one, ``prepare_running``
+    whether the reverse direction runs now (None: cannot tell).
+    """
     if state is None:
+        if not known:
+            return (f"unknown mirror {mirror!r}: no applier ever reported it on this funnel; check the id "
+                    f"(`funnel status` lists the mirrors)")
+        if promoted is False:
+            return (f"mirror {mirror!r} is not promoted: a switchback returns from a promoted mirror that serves "
+                    f"the application; nothing to do")
         return f"nothing under way: `funnel switchback prepare --mirror {mirror} --to URL` starts one"
     funnel = f"--funnel {state.funnel} --mirror {mirror}"
+    prepare = f"`funnel switchback prepare {funnel} --to {state.to_url}`"
+    complete = f"`funnel switchback complete {funnel} --freeze-hook CMD --takeover-hook CMD`"
+    if state.phase is Phase.PREPARING and prepare_running:
+        return "prepare runs: production receives the initial copy; wait until it says syncing"
+    if state.phase is Phase.SYNCING and prepare_running is False:
+        # Typically after a failed freeze: complete stopped prepare and ran the reverse direction itself.
+        return (f"prepare is not running, so production does not follow the mirror: rerun {prepare}; when it "
+                f"says syncing: {complete}")
     return {
-        Phase.PREPARING: f"(re)run `funnel switchback prepare {funnel} --to {state.to_url}` until it says syncing",
-        Phase.SYNCING: f"keep prepare running; when ready: `funnel switchback complete {funnel} --freeze-hook CMD "
-                       f"--takeover-hook CMD`",
+        Phase.PREPARING: f"(re)run {prepare} until it says syncing",
+        Phase.SYNCING: f"keep prepare running; when ready: {complete}",
         Phase.ABORTING: f"rerun `funnel switchback abort {funnel}`",
         Phase.ABORTED: f"nothing under way: `funnel switchback prepare {funnel} --to URL` starts a new one",
         Phase.DONE: f"start the forward capture on {state.to_url} and `funnel apply {state.from_url} "

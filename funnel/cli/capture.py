@@ -22,7 +22,8 @@ from funnel.topic import FunnelAdmin
                    "(for a role that does not own the tables).")
 @click.option("--slot", default=None, metavar="NAME",
               help="PostgreSQL: the logical replication slot [default: timefunnel_<funnel>].")
-@click.option("--source-name", default=None, help="Name of this source in the events [default: the file name].")
+@click.option("--source-name", default=None, help="Name of this source in the events [default: the source that `switchback complete` "
+                   "published for this database, else the file name].")
 @click.option("--poll-interval", type=DURATION, default=0.2, show_default=True, help="How often to look for changes.")
 @click.option("--heartbeat", "heartbeat_s", type=DURATION, default=1.0, show_default=True,
               help="Heartbeat interval while the source is idle.")
@@ -38,20 +39,24 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     """Capture the production database at SOURCE_URL (sqlite:///path, postgresql://...) into the funnel."""
     from funnel.control import ControlChannel
     from producer.capture import Capture, CaptureOptions
+    from producer.lineage import continued_source
     from producer.publisher import EventPublisher
     from producer.sources import open_source, source_name_for
 
     setup_logging(verbose)
     kafka = kafka_settings(bootstrap, settings)
     FunnelAdmin(kafka).describe(funnel_name)
+    control = ControlChannel(kafka, funnel_name)
+    continued = None if source_name else continued_source(control.read_all(), source_url)
     source = open_source(source_url, list(tables) or None, rowid_key, funnel=funnel_name, slot=slot,
                          publication=publication, replica_identity_full=replica_identity_full)
-    name = source_name or source_name_for(source_url)
+    name = source_name or continued or source_name_for(source_url)
     publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows)
-    runner = Capture(source, publisher, ControlChannel(kafka, funnel_name),
+    runner = Capture(source, publisher, control,
                      CaptureOptions(poll_interval_s=poll_interval, heartbeat_interval_s=heartbeat_s))
     stop = stop_on_signals()
-    click.echo(f"capturing {source_url} into funnel {funnel_name!r} as source {name!r}", err=True)
+    click.echo(f"capturing {source_url} into funnel {funnel_name!r} as source {name!r}"
+               + (" (the source switchback complete published for this database)" if continued else ""), err=True)
     if metrics_port is None:
         runner.run(stop)
         return

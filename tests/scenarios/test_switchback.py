@@ -8,6 +8,7 @@ apply, promote and switchback are the real `funnel` CLI against the real broker.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sqlite3
@@ -15,10 +16,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
+from funnel.codec import EventCodec
 from funnel.control import ControlChannel
+from funnel.events import Kind
 from funnel.kafka import KafkaSettings
+from funnel.reader import FunnelReader
 from funnel.topic import FunnelAdmin
 from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
 
@@ -391,6 +396,8 @@ def test_freeze_waits_no_longer_than_its_timeout_names_the_writers_and_abort_rol
     report = status_json(bootstrap, funnel_name)
     assert report["switchback"]["phase"] == "syncing" and "freeze failed" in report["switchback"]["error"]
     assert report["mirror_frozen"] is False
+    assert prepare.process.wait(30) == 0, "complete took over from prepare"
+    assert report["next"].startswith("prepare is not running") and "switchback prepare" in report["next"], report
 
     # This time the application stops and the mirror is frozen; then the operator changes their mind.
     frozen = start_funnel(bootstrap, procs, tmp_path, *site.complete_args())
@@ -449,8 +456,66 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(bootstrap, funnel_name,
     assert (rows(site.prod), rows(site.mirror)) == (prod_before, mirror_before)
     assert (schema_objects(site.prod), schema_objects(site.mirror)) == (prod_schema, mirror_schema)
     assert not (tmp_path / "nope.db").exists()
-    assert "no switchback" in ok(run_funnel(bootstrap, "switchback", "status", "--funnel", funnel_name,
-                                            "--mirror", "m1"))
+    never_promoted = ok(run_funnel(bootstrap, "switchback", "status", "--funnel", funnel_name, "--mirror", "m1"))
+    assert "no switchback" in never_promoted and "mirror 'm1' is not promoted" in never_promoted, never_promoted
+    assert "prepare" not in never_promoted, "status must not suggest what prepare then refuses"
+    unknown = ok(run_funnel(bootstrap, "switchback", "status", "--funnel", funnel_name, "--mirror", "ghost"))
+    assert "unknown mirror 'ghost'" in unknown and "prepare" not in unknown, unknown
+
+
+def funnel_batches(bootstrap: str, funnel: str) -> list:
+    """Every batch the funnel holds now, decoded, in order."""
+    codec = EventCodec()
+    with FunnelReader(KafkaSettings(bootstrap), funnel) as reader:
+        low, high = reader.watermarks()
+        return [codec.decode(p) for tx in reader.transactions(low, high, keep_payloads=True) for p in tx.payloads]
+
+
+def test_links_to_the_mirror_are_refused_and_a_rebuild_into_a_new_file_continues_the_source(
+        bootstrap, funnel_name, procs, tmp_path):
+    site = promoted_site(bootstrap, procs, tmp_path, funnel_name, seed=16)
+
+    # A hard link or a symlink to the promoted mirror is the mirror: refused, nothing changed.
+    hard, soft = tmp_path / "hard.db", tmp_path / "soft.db"
+    os.link(site.mirror, hard)
+    os.symlink(site.mirror, soft)
+    topics_before = FunnelAdmin(KafkaSettings(bootstrap)).topics()
+    with site.app.lock:  # the application pauses between two transactions
+        before, schema_before = rows(site.mirror), schema_objects(site.mirror)
+        for link in (hard, soft):
+            assert "is the mirror itself" in refused(bootstrap, "switchback", "prepare", "--funnel", funnel_name,
+                                                     "--mirror", "m1", "--to", f"sqlite://{link}")
+        assert (rows(site.mirror), schema_objects(site.mirror)) == (before, schema_before)
+    assert record(bootstrap, funnel_name) is None
+    assert FunnelAdmin(KafkaSettings(bootstrap)).topics() == topics_before, "no reverse funnel was created"
+
+    # Production is rebuilt into a new file, named differently from the old one (source 'prod').
+    rebuilt = tmp_path / "rebuilt.db"
+    prepare = start_funnel(bootstrap, procs, tmp_path, "switchback", "prepare", "--funnel", funnel_name,
+                           "--mirror", "m1", "--to", f"sqlite://{rebuilt}")
+    wait_log(prepare, "syncing:", 60)
+    done = ok(run_funnel(bootstrap, *site.complete_args(f"echo {rebuilt} > {site.app.dir / 'target'}"),
+                         timeout=180))
+    assert "continues source 'prod'" in done, done
+    assert prepare.process.wait(30) == 0
+
+    # Between the takeover and the capture's start the application deletes rows on production.
+    site.app.resume()
+    time.sleep(0.5)
+    site.app.act("DELETE FROM orders WHERE id <= 10")
+    site.app.finish()
+    assert all(db == str(rebuilt) for db, *_ in site.app.committed[-3:]), "the application writes to the new file"
+
+    capture = start_funnel(bootstrap, procs, tmp_path, "capture", f"sqlite://{rebuilt}", "--funnel", funnel_name,
+                           "--poll-interval", POLL)
+    start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{site.mirror}", "--funnel", funnel_name,
+                 "--mirror", "m1")
+    wait_for(lambda: rows(site.mirror) == rows(rebuilt), 30, what="the mirror to equal the rebuilt production")
+    assert not {r[0] for r in table_rows(site.mirror, "orders")} & set(range(1, 11)), "the deleted rows are gone"
+    assert "as source 'prod'" in capture.output(), capture.output()
+    batches = funnel_batches(bootstrap, funnel_name)
+    assert {b.source for b in batches} == {"prod"}, "one source before and after the switchback"
+    assert sum(b.kind is Kind.SNAPSHOT_END for b in batches) == 1, "one initial copy only"
 
 
 # -- PostgreSQL to PostgreSQL ---------------------------------------------------------------
@@ -502,6 +567,14 @@ def pg_query(url: str, *statements: str) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+def respelled(url: str, user: str | None = None) -> str:
+    """The same database spelled differently: localhost for 127.0.0.1 (and back), or another user."""
+    parts = urlsplit(url)
+    host = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(parts.hostname, parts.hostname)
+    netloc = f"{user or parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg_databases):
     prod, mirror = pg_databases
     pg_query(prod, "CREATE TABLE orders (id bigint PRIMARY KEY, total numeric(12,2), note text)",
@@ -517,6 +590,16 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     app.point_at(mirror)
     pg_query(prod, "INSERT INTO orders VALUES (999999, 1, 'stale')", "CREATE TABLE junk (id int PRIMARY KEY)")
 
+    # The promoted mirror under another host name or another user is still the mirror: refused, nothing changed.
+    pg_query(mirror, "DO $$BEGIN CREATE ROLE timefunnel_test_other LOGIN; "
+                     "EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    items = pg_rows(mirror, "items")
+    for spelling in (respelled(mirror), respelled(mirror, user="timefunnel_test_other")):
+        assert "is the mirror itself" in refused(bootstrap, "switchback", "prepare", "--funnel", funnel_name,
+                                                 "--mirror", "m1", "--to", spelling)
+    assert pg_rows(mirror, "items") == items and len(pg_rows(mirror, "orders")) > 50
+    assert record(bootstrap, funnel_name) is None
+
     prepare = start_funnel(bootstrap, procs, tmp_path, "switchback", "prepare", "--funnel", funnel_name, "--mirror", "m1",
                     "--to", prod)
     wait_log(prepare, "syncing:", 60)
@@ -528,7 +611,7 @@ def test_postgresql_switchback_cycle(bootstrap, funnel_name, procs, tmp_path, pg
     takeover = f"{sys.executable} {probe_script} {mirror} > {probe}; echo {prod} > {app.dir / 'target'}"
     done = ok(run_funnel(bootstrap, "switchback", "complete", "--funnel", funnel_name, "--mirror", "m1",
                          "--freeze-hook", f"touch {app.dir / 'frozen'}", "--takeover-hook", takeover,
-                         "--delay", "1s", timeout=180))
+                         "--delay", "1s", "--to", respelled(prod), timeout=180))
     assert "verify: public.orders" in done and "done:" in done, done
     assert prepare.process.wait(30) == 0
 

@@ -127,6 +127,21 @@ def test_status_tells_the_next_command():
     assert "funnel apply sqlite:///m.db" in next_action(state(Phase.DONE), "m1")
 
 
+def test_status_says_when_there_is_nothing_to_switch_back_and_when_prepare_must_run_again():
+    assert "unknown mirror 'ghost'" in next_action(None, "ghost", known=False)
+    assert "prepare" not in next_action(None, "ghost", known=False)
+    not_promoted = next_action(None, "m1", promoted=False)
+    assert "mirror 'm1' is not promoted" in not_promoted and "prepare" not in not_promoted
+    assert "prepare --mirror m1" in next_action(None, "m1", promoted=True)
+    # After a freeze timeout the phase is syncing again, but complete had stopped prepare.
+    stopped = next_action(state(Phase.SYNCING), "m1", prepare_running=False)
+    assert stopped.startswith("prepare is not running") and "rerun `funnel switchback prepare" in stopped
+    assert "--to sqlite:///p.db" in stopped
+    assert next_action(state(Phase.SYNCING), "m1", prepare_running=True).startswith("keep prepare running")
+    assert "wait until it says syncing" in next_action(state(Phase.PREPARING), "m1", prepare_running=True)
+    assert "(re)run `funnel switchback prepare" in next_action(state(Phase.PREPARING), "m1", prepare_running=False)
+
+
 # -- reset plan -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,32 @@
+"""Which source a capture continues: the one a switchback published for this database.
+
+``switchback complete`` publishes an initial copy of the rebuilt production under the
+forward capture's source name and records ``source/<name>`` with production's identity
+on the control topic.  The capture started afterwards must continue that source, or it
+publishes a second initial copy under another name (the file of a rebuilt production
+may be called differently) and the rows deleted meanwhile stay on the mirror for good.
+The database is recognised by its identity (``funnel.identity``), not by its URL.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from funnel.control import SOURCE_PREFIX
+from funnel.identity import database_identity, same_identity
+
+
+def continued_source(records: dict[str, dict[str, Any]], url: str,
+                     identity_of: Callable[[str], str | None] = database_identity) -> str | None:
+    """The source name recorded for the database at ``url``, the newest if several; None when
+    no switchback recorded one (then the database is not even looked at).
+
+    Raises what ``identity_of`` raises (a PostgreSQL server that cannot be reached).
+    """
+    recorded = [value for key, value in records.items() if key.startswith(SOURCE_PREFIX) and value.get("identity")]
+    if not recorded:
+        return None
+    identity = identity_of(url)
+    mine = [value for value in recorded if same_identity(identity, value["identity"])]
+    if not mine:
+        return None
+    return max(mine, key=lambda value: value.get("published_at", 0))["source"]
