@@ -122,8 +122,9 @@ def kafka_error(exc: Exception, what: str) -> TimeFunnelError:
 def check_reachable(kafka: KafkaSettings) -> None:
     """Return once the broker answers a metadata request; wait at most ``kafka.connect_timeout_s``.
 
-    Every command calls this first, so that a wrong address or a stopped broker gives
-    the same one-line error in the same bounded time, whatever the command.
+    The CLI calls this before any command does its work, so that a wrong address, a
+    stopped broker or a TLS/SASL mismatch gives the same one-line error in the same
+    bounded time, whatever the command.
     Raises ConfigError for a bad -X setting, BrokerUnreachableError otherwise.
     """
     from confluent_kafka.admin import AdminClient
@@ -137,23 +138,19 @@ def check_reachable(kafka: KafkaSettings) -> None:
         admin.list_topics(timeout=kafka.connect_timeout_s)
     except KafkaException as exc:
         admin.poll(0)  # delivers the queued connection errors to error_cb: they say why
+        reason = next((r for r in reasons if r.code() != KafkaError._ALL_BROKERS_DOWN), exc.args[0])
+        text = _CONNECT_NOISE.sub("", reason.str())
+        # A TLS or SASL mismatch comes as a transport error; its text says which it is.
+        security = reason.code() in _SECURITY or re.search(r"\b(SSL|SASL)\b", text)
         raise BrokerUnreachableError(
-            f"cannot reach the Kafka broker at {kafka.bootstrap} within {kafka.connect_timeout_s:g}s: "
-            f"{_first_reason(reasons, exc)}", hint=UNREACHABLE_HINT) from exc
+            f"cannot reach the Kafka broker at {kafka.bootstrap} within {kafka.connect_timeout_s:g}s: {text}",
+            hint=f"{SECURITY_HINT}, and that --bootstrap names the matching listener" if security
+            else UNREACHABLE_HINT) from exc
 
 
-# "host:port/bootstrap: " in front and "(after 0ms in state CONNECT)" behind the reason.
+# librdkafka frames a connection error with "host:port/bootstrap: " in front and
+# "(after 0ms in state CONNECT)" behind; the reason in between is what the operator needs.
 _CONNECT_NOISE = re.compile(r"^\S+/bootstrap: |\s*\(after \d+ms in state \w+\)$")
-
-
-def _first_reason(reasons: list[KafkaError], exc: KafkaException) -> str:
-    """The most specific connection error librdkafka reported ("Connection refused", a TLS
-    or DNS failure), without its "host:port/bootstrap: " prefix."""
-    for reason in reasons:
-        if reason.code() != KafkaError._ALL_BROKERS_DOWN:
-            return _CONNECT_NOISE.sub("", reason.str())
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 def retry_transient(call: Callable[[], T], what: str, budget_s: float = TRANSIENT_RETRY_S) -> T:
