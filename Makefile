@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test unit bench clean
+.PHONY: venv demo test test-deps unit bench clean
 
 $(BIN)/funnel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,17 @@ venv: $(BIN)/funnel
 demo: venv
 	$(BIN)/funnel demo --workdir .demo
 
+# The system tools the tests run (promtool, prometheus, pgbouncer, haproxy): installed
+# with apt-get as root when missing, else one message naming the packages.
+test-deps:
+	scripts/install-test-deps
+
 # pytest exit code 5 means "no tests collected": that is a failure here, not a pass.
-test: venv
+test: test-deps venv
 	$(BIN)/pytest -v --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-unit: venv
+unit: test-deps venv
 	$(BIN)/pytest -q tests/unit
 
 clean:

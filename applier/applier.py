@@ -32,7 +32,7 @@ from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, und
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
 from funnel.codec import EventCodec
-from funnel.control import ControlChannel, command_key, decode_record, delay_key, status_key
+from funnel.control import ControlChannel, check_mirror_id, command_key, decode_record, delay_key, status_key
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
 from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError, TimeFunnelError
 from funnel.events import Kind
@@ -59,8 +59,7 @@ class ApplierOptions:
     announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
     def validate(self) -> None:
-        if not self.mirror or "/" in self.mirror:
-            raise ConfigError(f"invalid mirror id {self.mirror!r}: use letters, digits, '.', '_' and '-'")
+        check_mirror_id(self.mirror)
         if self.delay_s is not None and self.delay_s < 0:
             raise ConfigError("the delay cannot be negative")
         if self.buffer_rows < 1 or self.max_commit_rows < 1:

@@ -23,13 +23,14 @@ kcat as often as by programs.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from funnel.errors import FunnelError
+from funnel.errors import ConfigError, FunnelError
 from funnel.kafka import KafkaSettings, control_topic, kafka_error, retry_transient
 
 READ_TIMEOUT_S = 15.0
@@ -42,6 +43,19 @@ def status_is_fresh(record: dict[str, Any] | None, now_us: int) -> bool:
     """True when ``record`` (an applier's or capture's status) was written recently enough
     that its process still runs."""
     return bool(record) and (now_us - record.get("updated_at", 0)) / 1e6 < STATUS_STALE_AFTER_S
+
+
+# A mirror id is part of control keys ("delay/<id>"), of the applier's consumer group
+# and of the mirror's state table: the one rule for all of them.
+_MIRROR_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def check_mirror_id(mirror: str) -> str:
+    """``mirror`` when it is a valid mirror id; raises ConfigError otherwise."""
+    if not _MIRROR_ID.fullmatch(mirror or ""):
+        raise ConfigError(f"invalid mirror id {mirror!r}: use 1 to 200 letters, digits, '.', '_' and '-'",
+                          hint="pick an id such as m1 or reporting-eu")
+    return mirror
 
 
 def delay_key(mirror: str) -> str:

@@ -40,3 +40,7 @@ class FunnelError(TimeFunnelError):
 
 class EventsExpiredError(FunnelError):
     """Events were deleted from the topic before the mirror applied them."""
+
+
+class BrokerUnreachableError(BrokerError):
+    """No Kafka broker answered at the bootstrap address in time."""

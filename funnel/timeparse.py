@@ -24,20 +24,36 @@ _DURATION = re.compile(
 )
 _PLAIN_SECONDS = re.compile(_NUMBER)
 _RELATIVE = re.compile(r"(?P<sign>[-+])(?P<duration>.*)")
+# Longer than any delay or retention anyone means, and short enough that "now" minus it
+# is still a date (and retention.ms still a Java long): hundreds of digits stop here.
+MAX_DURATION_S = 100 * 365 * 86400.0
+
+
+class DurationTooLongError(ConfigError):
+    """A well-formed duration beyond MAX_DURATION_S."""
 
 
 def parse_duration(text: str) -> float:
     """Seconds in ``text`` (``90s``, ``15m``, ``4h``, ``7d``, ``500ms``, ``1h30m``, ``30``).
 
-    Raises ConfigError for negative, empty or malformed durations.
+    Raises ConfigError for negative, empty or malformed durations, and
+    DurationTooLongError for one longer than 100 years.
     """
     stripped = text.strip()
     if _PLAIN_SECONDS.fullmatch(stripped):
-        return float(stripped)
+        return _at_most_max(text, float(stripped))
     match = _DURATION.fullmatch(stripped)
     if not stripped or match is None:
         raise ConfigError(f"malformed duration {text!r}: use e.g. 90s, 15m, 4h, 7d")
-    return sum(float(match[unit]) * scale for unit, scale in _UNITS if match[unit])
+    return _at_most_max(text, sum(float(match[unit]) * scale for unit, scale in _UNITS if match[unit]))
+
+
+def _at_most_max(text: str, seconds: float) -> float:
+    if not seconds <= MAX_DURATION_S:  # also catches inf and nan from hundreds of digits
+        shown = text.strip() if len(text.strip()) <= 20 else text.strip()[:17] + "..."
+        raise DurationTooLongError(f"duration {shown!r} is too long: at most 36500d (100 years)",
+                                   hint="use a duration such as 7d or 4h")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -91,6 +107,8 @@ def _relative_time(text: str, match: re.Match[str], now: datetime) -> datetime:
     try:
         delta = timedelta(seconds=parse_duration(match["duration"]))
         moved = now - delta if match["sign"] == "-" else now + delta
+    except DurationTooLongError:
+        raise ConfigError(f"relative time {text!r} is out of range") from None
     except ConfigError:
         raise ConfigError(
             f"malformed relative time {text!r}: use e.g. -15m, -1h30m, -7d"

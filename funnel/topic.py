@@ -29,10 +29,7 @@ class FunnelSpec:
     compression: str = "zstd"
 
     def validate(self, longest_delay_s: float = 0.0) -> None:
-        if not self.name or any(c not in _TOPIC_CHARS for c in self.name):
-            raise ConfigError(f"invalid funnel name {self.name!r}: use letters, digits, '.', '_' and '-'")
-        if self.name.endswith(".control"):
-            raise ConfigError(f"invalid funnel name {self.name!r}: '.control' is reserved for the control topic")
+        check_funnel_name(self.name)
         if self.retention_s <= 0:
             raise ConfigError("retention must be positive")
         if self.retention_s <= longest_delay_s:
@@ -55,6 +52,40 @@ class FunnelSpec:
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+# Kafka's own limit for a topic name; the control topic adds ".control" to the funnel's.
+MAX_TOPIC_NAME = 249
+MAX_FUNNEL_NAME = MAX_TOPIC_NAME - len(control_topic(""))
+_NAME_HINT = f"use 1 to {MAX_FUNNEL_NAME} letters, digits, '.', '_' and '-', e.g. shop"
+
+
+def check_funnel_name(name: str) -> None:
+    """Raises ConfigError unless Kafka accepts both ``name`` and ``name.control`` as topics,
+    so that `funnel create` never gets half-way."""
+    if not name or any(c not in _TOPIC_CHARS for c in name):
+        raise ConfigError(f"invalid funnel name {name!r}: use letters, digits, '.', '_' and '-'", hint=_NAME_HINT)
+    if name in (".", ".."):
+        raise ConfigError(f"invalid funnel name {name!r}: Kafka does not allow it as a topic name", hint=_NAME_HINT)
+    if len(name) > MAX_FUNNEL_NAME:
+        raise ConfigError(f"funnel name is too long ({len(name)} characters): with '.control' added, its "
+                          f"control topic would pass Kafka's limit of {MAX_TOPIC_NAME}", hint=_NAME_HINT)
+    if name.endswith(".control"):
+        raise ConfigError(f"invalid funnel name {name!r}: '.control' is reserved for the control topic",
+                          hint=_NAME_HINT)
+
+
+def colliding_topic(wanted: str, existing: set[str]) -> str | None:
+    """The existing topic Kafka would confuse with ``wanted``: it treats '.' and '_' alike
+    in topic names (their metric names would clash), and refuses the newcomer."""
+    key = wanted.replace(".", "_")
+    return next((t for t in sorted(existing) if t != wanted and t.replace(".", "_") == key), None)
+
+
+def _refuse_collisions(names: list[str], existing: set[str]) -> None:
+    for name in names:
+        other = colliding_topic(name, existing)
+        if other:
+            raise ConfigError(f"topic {name!r} would collide with the existing topic {other!r}: Kafka treats "
+                              f"'.' and '_' in topic names alike", hint="pick a funnel name that differs in letters")
 
 
 @dataclass(frozen=True)
@@ -88,14 +119,39 @@ class FunnelAdmin:
         if control_topic(spec.name) not in existing:
             wanted.append(NewTopic(control_topic(spec.name), 1, spec.replication_factor,
                                    config=spec.control_config()))
+        names = [topic.topic for topic in wanted]
+        _refuse_collisions(names, existing)
+        self._create_all_or_none(wanted)
+        self._wait_for_leaders(names)
+        return names
+
+    def _create_all_or_none(self, wanted: list[NewTopic]) -> None:
+        """Create every topic in ``wanted``, or, when the broker refuses one, delete those it
+        made, so that no half funnel is left behind. Raises FunnelError with the refusal."""
+        created: list[str] = []
+        refused: tuple[str, KafkaException] | None = None
         for name, future in self.admin.create_topics(wanted, request_timeout=ADMIN_TIMEOUT_S).items():
             try:
                 future.result(timeout=ADMIN_TIMEOUT_S)
+                created.append(name)
             except KafkaException as exc:
-                raise kafka_error(exc, f"cannot create topic {name!r}") from exc
-        names = [topic.topic for topic in wanted]
-        self._wait_for_leaders(names)
-        return names
+                refused = refused or (name, exc)
+        if refused is None:
+            return
+        self._delete(created)
+        name, exc = refused
+        raise kafka_error(exc, f"cannot create topic {name!r}") from exc
+
+    def _delete(self, names: list[str]) -> None:
+        """Delete topics this command has just created; raises FunnelError naming any left over."""
+        if not names:
+            return
+        for name, future in self.admin.delete_topics(names, request_timeout=ADMIN_TIMEOUT_S).items():
+            try:
+                future.result(timeout=ADMIN_TIMEOUT_S)
+            except KafkaException as exc:
+                raise FunnelError(f"the broker refused part of the funnel, and deleting the part it made failed: "
+                                  f"{kafka_error(exc, name)}", hint=f"delete topic {name!r} by hand") from exc
 
     def _wait_for_leaders(self, names: list[str]) -> None:
         """Return once every new partition has a leader: until then producers and readers get

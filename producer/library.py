@@ -16,9 +16,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
+from confluent_kafka import KafkaException
+
 from funnel.errors import ConfigError
 from funnel.events import Op, Row, TableChanges, Value
-from funnel.kafka import KafkaSettings, resolve_bootstrap
+from funnel.kafka import KafkaSettings, kafka_error, resolve_bootstrap
 from producer.publisher import EventPublisher, now_us
 from producer.sources.base import SourceTransaction
 
@@ -71,9 +73,17 @@ class Publisher:
 
     def __init__(self, funnel: str, bootstrap: str | None = None, source: str = "app",
                  kafka_settings: Mapping[str, str] | None = None, clock=now_us) -> None:
+        """Connect and fence older publishers of ``source``.
+
+        Raises ConfigError for an unknown or malformed librdkafka setting in
+        ``kafka_settings``, FunnelError when the funnel is missing or the broker unreachable.
+        """
         kafka = KafkaSettings(resolve_bootstrap(bootstrap), dict(kafka_settings or {}))
         self.clock = clock
-        self._publisher = EventPublisher(kafka, funnel, source, clock=clock)
+        try:
+            self._publisher = EventPublisher(kafka, funnel, source, clock=clock)
+        except KafkaException as exc:  # librdkafka refuses an unknown or malformed setting here
+            raise kafka_error(exc, "invalid Kafka client setting") from exc
         last = self._publisher.start()
         self._position = last if last is not None else 0
 

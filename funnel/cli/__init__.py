@@ -6,9 +6,11 @@ with exit code 1 and no traceback; anything else is a bug and keeps its tracebac
 from __future__ import annotations
 
 import click
+from confluent_kafka import KafkaException
 
 from funnel import __version__
 from funnel.errors import TimeFunnelError
+from funnel.kafka import kafka_error
 
 
 class FunnelGroup(click.Group):
@@ -18,16 +20,33 @@ class FunnelGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TimeFunnelError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            if exc.hint:
-                click.echo(f"Try: {exc.hint}", err=True)
-            ctx.exit(1)
+            render(exc)
+        except KafkaException as exc:
+            # Kafka errors are wrapped where they happen; one that slipped through (the
+            # broker went away mid-command) is still the broker's answer, not a bug of ours.
+            render(kafka_error(exc, "Kafka request failed"))
+        ctx.exit(1)
+
+
+def render(exc: TimeFunnelError) -> None:
+    """``Error: <message>`` and ``Try: <hint>``, one line each, whatever the message holds
+    (a PostgreSQL or Kafka message may span lines)."""
+    click.echo(f"Error: {one_line(str(exc))}", err=True)
+    if exc.hint:
+        click.echo(f"Try: {one_line(exc.hint)}", err=True)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 @click.group(cls=FunnelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="funnel")
 def main() -> None:
     """timefunnel: a time-delayed mirror for databases, built on Apache Kafka."""
+    from funnel.cli.options import hide_librdkafka_log
+
+    hide_librdkafka_log()
 
 
 def _register() -> None:

@@ -1,9 +1,11 @@
 """``funnel apply SINK_URL --funnel NAME --mirror ID --delay 4h``: run the delayed applier."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from funnel.cli.options import (DURATION, funnel_option, kafka_options, kafka_settings, metrics_options,
+from funnel.cli.options import (DURATION, MIRROR_ID, funnel_option, kafka_options, kafka_settings, metrics_options,
                                 setup_logging, stop_on_signals)
 from funnel.topic import FunnelAdmin
 
@@ -11,7 +13,7 @@ from funnel.topic import FunnelAdmin
 @click.command()
 @click.argument("sink_url")
 @funnel_option
-@click.option("--mirror", "-m", required=True, help="This mirror's id (its position and delay are kept per id).")
+@click.option("--mirror", "-m", required=True, type=MIRROR_ID, help="This mirror's id (its position and delay are kept per id).")
 @click.option("--delay", type=DURATION, default=None,
               help="How far the mirror stays behind production, e.g. 4h [default: the delay last set "
                    "with `funnel delay`].")
@@ -43,6 +45,7 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     if delay is not None and delay >= info.retention_s:
         raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s retention "
                           f"{format_duration(info.retention_s)}: events would expire before they are due")
+    new_file = _new_sqlite_file(sink_url)
     sink = open_sink(sink_url, create_tables=create_tables,
                      table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())
     applier = Applier(kafka, sink, options)
@@ -50,7 +53,15 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
 
     applier.sink_url = without_password(sink_url)
     stop = stop_on_signals()
-    applier.start()
+    try:
+        applier.start()
+    except BaseException:
+        # A refused start (no delay known, events expired) must not leave behind the
+        # mirror file that opening the sink just created.
+        sink.close()
+        if new_file:
+            _remove_sqlite_file(new_file)
+        raise
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
                f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
     if metrics_port is None:
@@ -64,3 +75,19 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
         applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)
     finally:
         endpoint.close()
+
+
+def _new_sqlite_file(sink_url: str) -> Path | None:
+    """The mirror's file when ``sink_url`` is a SQLite URL whose file does not exist yet."""
+    from funnel.urls import sqlite_path
+
+    if not sink_url.lower().startswith("sqlite:"):
+        return None
+    path = Path(sqlite_path(sink_url))
+    return None if path.exists() else path
+
+
+def _remove_sqlite_file(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+                     path.with_name(path.name + "-journal")):
+        leftover.unlink(missing_ok=True)

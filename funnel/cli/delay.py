@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from funnel.cli.options import DURATION, funnel_option, kafka_options, kafka_settings
+from funnel.cli.options import DURATION, MIRROR_ID, funnel_option, kafka_options, kafka_settings
 from funnel.control import ControlChannel, delay_key
 from funnel.errors import ConfigError
 from funnel.timeparse import format_duration
@@ -11,7 +11,7 @@ from funnel.topic import FunnelAdmin
 
 
 @click.command()
-@click.argument("mirror")
+@click.argument("mirror", type=MIRROR_ID)
 @click.argument("delay", type=DURATION)
 @funnel_option
 @kafka_options

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
+from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel, status_key
 from funnel.errors import ConfigError, TimeFunnelError
@@ -28,7 +28,7 @@ OPS = [op.value for op in Op]
 @click.option("--table", "tables", multiple=True, help="Only transactions touching this table (repeatable).")
 @click.option("--op", "ops", multiple=True, type=click.Choice(OPS), help="Only transactions with this operation.")
 @click.option("--min-rows", type=int, default=0, help="Only transactions with at least N matching rows.")
-@click.option("--mirror", default=None, help="Say whether each transaction is applied on this mirror.")
+@click.option("--mirror", default=None, type=MIRROR_ID, help="Say whether each transaction is applied on this mirror.")
 @click.option("--sink", "sink_url", default=None, metavar="URL", help="Read the mirror's position from its database.")
 @click.option("--txid", default=None, help="Only this transaction.")
 @click.option("--rows", "show_rows", is_flag=True, help="With --txid: show the row images (before and after).")
@@ -65,7 +65,8 @@ def inspect(funnel_name: str, since_text: str | None, until_text: str | None, ta
         return
     for entry in found:
         click.echo(_line(entry))
-        for row in entry.get("rows", []):
+        # "rows" is the row count, or with --rows the row images (as in the JSON output).
+        for row in entry["rows"] if show_rows else []:
             click.echo(f"    {row['table']} {row['op']}: before={row['before']} after={row['after']}")
     if not found:
         click.echo("no matching transactions", err=True)

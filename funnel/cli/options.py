@@ -9,12 +9,21 @@ from typing import Any, Callable
 
 import click
 
-from funnel.kafka import KafkaSettings, parse_overrides, resolve_bootstrap
+from funnel.control import check_mirror_id
+from funnel.errors import ConfigError
+from funnel.kafka import (DEFAULT_CONNECT_TIMEOUT_S, LIBRDKAFKA_LOG, KafkaSettings, check_reachable, parse_overrides,
+                          resolve_bootstrap)
 from funnel.timeparse import parse_duration
+
+_CONNECT_TIMEOUT = "funnel.connect_timeout_s"  # ctx.meta key: kept out of every command's signature
 
 
 def kafka_options(command: Callable) -> Callable:
-    """--bootstrap and -X key=value, as kcat has them."""
+    """--bootstrap, -X key=value (as kcat has them) and --connect-timeout."""
+    command = click.option("--connect-timeout", type=DURATION, default=DEFAULT_CONNECT_TIMEOUT_S,
+                           envvar="FUNNEL_CONNECT_TIMEOUT", expose_value=False, callback=_remember_connect_timeout,
+                           help=f"How long to wait for the broker's first answer before giving up "
+                                f"[env FUNNEL_CONNECT_TIMEOUT; default: {DEFAULT_CONNECT_TIMEOUT_S:g}s].")(command)
     command = click.option("-X", "settings", multiple=True, metavar="KEY=VALUE",
                            help="Any librdkafka setting (TLS, SASL, timeouts), repeatable.")(command)
     command = click.option("--bootstrap", "-b", envvar="FUNNEL_BOOTSTRAP", default=None, metavar="HOST:PORT",
@@ -38,7 +47,50 @@ def funnel_option(command: Callable) -> Callable:
 
 
 def kafka_settings(bootstrap: str | None, settings: tuple[str, ...]) -> KafkaSettings:
-    return KafkaSettings(resolve_bootstrap(bootstrap), parse_overrides(settings))
+    """The command's Kafka settings, once the broker has answered.
+
+    Raises ConfigError for a bad -X setting and BrokerUnreachableError when nothing
+    answers at the bootstrap address within --connect-timeout.
+    """
+    overrides = parse_overrides(settings)
+    if "log_level" in overrides:  # the operator asked to see librdkafka's own log
+        show_librdkafka_log(logging.DEBUG)
+    ctx = click.get_current_context(silent=True)
+    timeout = ctx.meta.get(_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_S) if ctx else DEFAULT_CONNECT_TIMEOUT_S
+    kafka = KafkaSettings(resolve_bootstrap(bootstrap), overrides, connect_timeout_s=timeout)
+    check_reachable(kafka)
+    return kafka
+
+
+def _remember_connect_timeout(ctx: click.Context, _param, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"--connect-timeout must be positive, not {value:g}s", hint="e.g. --connect-timeout 10s")
+    ctx.meta[_CONNECT_TIMEOUT] = value
+    return value
+
+
+def show_librdkafka_log(level: int) -> None:
+    """Let librdkafka's log through at ``level`` (the CLI hides it by default: its connection
+    retries would bury the one Error line)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    LIBRDKAFKA_LOG.setLevel(level)
+
+
+def hide_librdkafka_log() -> None:
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+
+
+class MirrorId(click.ParamType):
+    """A mirror id, checked by the one rule in funnel.control (ConfigError otherwise)."""
+
+    name = "mirror"
+
+    def convert(self, value: Any, param, ctx) -> str:
+        return check_mirror_id(value)
+
+
+MIRROR_ID = MirrorId()
 
 
 class Duration(click.ParamType):
@@ -64,6 +116,8 @@ def echo_json(data: Any) -> None:
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        show_librdkafka_log(logging.INFO)
 
 
 def stop_on_signals() -> threading.Event:

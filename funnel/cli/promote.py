@@ -9,7 +9,7 @@ import click
 
 from applier.pointintime import Target
 from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, run_command
-from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
+from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.cli.seek import render_plan, sink_option
 from funnel.errors import TimeFunnelError
 from funnel.timeparse import format_time
@@ -17,7 +17,7 @@ from funnel.urls import without_password
 
 
 @click.command()
-@click.argument("mirror")
+@click.argument("mirror", type=MIRROR_ID)
 @click.option("--at", "at_text", default=None, metavar="T",
               help="Target time, exclusive (ISO-8601 with zone or -15m) [default: all the funnel holds].")
 @click.option("--exclude-txid", "excluded", multiple=True, metavar="TXID",

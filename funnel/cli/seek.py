@@ -5,7 +5,7 @@ import click
 
 from applier.pointintime import Target
 from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, run_command
-from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
+from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.timeparse import format_time
 
 sink_option = click.option("--sink", "sink_url", default=None, metavar="URL",
@@ -13,7 +13,7 @@ sink_option = click.option("--sink", "sink_url", default=None, metavar="URL",
 
 
 @click.command()
-@click.argument("mirror")
+@click.argument("mirror", type=MIRROR_ID)
 @click.option("--to", "to_text", required=True, metavar="T",
               help="Target time, exclusive: ISO-8601 with zone (2026-11-29T12:00:00Z) or relative (-15m).")
 @funnel_option
@@ -42,7 +42,7 @@ def seek(mirror: str, to_text: str, funnel_name: str, sink_url: str | None, dry_
 
 
 @click.command()
-@click.argument("mirror")
+@click.argument("mirror", type=MIRROR_ID)
 @funnel_option
 @sink_option
 @kafka_options

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 import click
 
-from funnel.cli.options import (DURATION, echo_json, funnel_option, kafka_options, kafka_settings, setup_logging,
-                                stop_on_signals)
+from funnel.cli.options import (DURATION, MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings,
+                                setup_logging, stop_on_signals)
 from funnel.kafka import KafkaSettings
 from funnel.timeparse import format_time
 
-mirror_option = click.option("--mirror", "-m", required=True, help="The promoted mirror's id.")
+mirror_option = click.option("--mirror", "-m", required=True, type=MIRROR_ID, help="The promoted mirror's id.")
 
 
 class ProducerPort:

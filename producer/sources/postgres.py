@@ -849,7 +849,11 @@ def connect(url: str, autocommit: bool = True) -> psycopg.Connection:
     try:
         return psycopg.connect(conninfo(url), autocommit=autocommit)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to PostgreSQL at {masked_password(url)}: {exc}") from exc
+        # libpq's message spans lines (its advice on the second, one line per host tried);
+        # the operator gets it on the one Error line.
+        raise SourceError(f"cannot connect to PostgreSQL at {masked_password(url)}: {' '.join(str(exc).split())}",
+                          hint="check the URL (host, port, user, password, database) and that PostgreSQL "
+                               "runs and accepts connections from this host") from exc
 
 
 def _check_server(conn: psycopg.Connection) -> None:

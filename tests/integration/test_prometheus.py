@@ -1,6 +1,6 @@
 """A real Prometheus server scrapes a running `funnel apply` and answers queries about it.
 
-The ``prometheus`` binary comes from Debian's ``prometheus`` package (``.ci/run``
+The ``prometheus`` binary comes from Debian's ``prometheus`` package (``make test``
 installs it); without it this test fails rather than skips.  It runs on a free loopback
 port with a temporary configuration (our alert rules included) and storage directory.
 """

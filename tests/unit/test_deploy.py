@@ -3,7 +3,7 @@
 Docker does not run on our CI machines, so the compose stack is checked by reading it:
 pinned images, every referenced file present, every variable defaulted, healthchecks
 behind every ``service_healthy``, and Prometheus scraping the ports the services serve.
-``promtool`` comes from Debian's ``prometheus`` package (``.ci/run`` installs it); when
+``promtool`` comes from Debian's ``prometheus`` package (``make test`` installs it); when
 it is missing these tests fail, they do not skip.
 """
 from __future__ import annotations

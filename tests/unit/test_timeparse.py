@@ -182,3 +182,15 @@ def test_to_micros_rejects_naive_datetime() -> None:
 def test_format_time(micros: int, text: str) -> None:
     assert format_time(micros) == text
     assert to_micros(parse_time(text, NOW)) == micros
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "9" * 400 + "d", "36501d", "1" * 30 + "s", "99999999999h"])
+def test_parse_duration_refuses_durations_beyond_100_years(text: str) -> None:
+    with pytest.raises(ConfigError, match="too long"):
+        parse_duration(text)
+    assert parse_duration("36500d") == 36500 * 86400.0
+
+
+def test_parse_time_refuses_relative_times_of_hundreds_of_digits() -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        parse_time("-" + "9" * 400 + "d", NOW)
