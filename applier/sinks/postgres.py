@@ -1,7 +1,7 @@
 """The PostgreSQL mirror: applies whole source transactions and the position in one commit.
 
 Tables keep their schema (``public.orders`` -> ``"public"."orders"``) and must exist on
-the mirror with production's primary key; with ``create_tables`` a missing one is
+the mirror with production's primary key (none for a keyless table); with ``create_tables`` a missing one is
 created from production's definition (``ControlChannel.table_definitions``).  User
 types (enums, domains, composites) are not in those definitions: the operator creates
 them on the mirror first (``pg_dump --schema-only`` of production gives them).
