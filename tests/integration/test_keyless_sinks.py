@@ -157,3 +157,25 @@ def test_a_column_added_to_the_mirror_while_running_is_found(mirror: Mirror) -> 
     wide = [*COLUMNS, "note"]
     mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*B, "hello"), columns=wide)))
     assert (2, "x   ", None, "hello") in mirror.rows()
+
+
+TYPED = {"i": ("integer", 7), "raw": ("bytea", b"\x00\xff"), "doc": ("json", '{"a": [1, 2]}'),
+         "docb": ("jsonb", '{"b": 1}'), "ts": ("timestamp with time zone", "2026-11-29 12:34:56+00"),
+         "num": ("numeric(12,4)", "1.2500"), "d": ("double precision", 0.25), "r": ("real", 0.1),
+         "words": ("text[]", '{x,"y z"}'), "spot": ("point", "(1,2)"), "flag": ("boolean", True),
+         "span": ("interval", "1 day 02:03:04"), "uid": ("uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")}
+
+
+def test_postgres_matches_rows_of_every_type_as_capture_sends_them(pg_db: str) -> None:
+    table = f"typed_{uuid.uuid4().hex[:8]}"
+    definition = {"table": f"public.{table}", "key": [],
+                  "columns": [{"name": c, "type": t, "not_null": False} for c, (t, _) in TYPED.items()]}
+    columns, image = list(TYPED), [value for _, value in TYPED.values()]
+    with PostgresSink(pg_db, create_tables=True, table_definitions=lambda: {definition["table"]: definition}) as sink:
+        mirror = Mirror(sink, None, None, table)
+        mirror.apply(tx("t1", group(mirror, Op.INSERT, Row(None, image), Row(None, image), columns=columns)))
+        changed = [8, *image[1:]]
+        mirror.apply(tx("t2", group(mirror, Op.UPDATE, Row(image, changed), columns=columns)))
+        mirror.apply(tx("t3", group(mirror, Op.DELETE, Row(image, None), Row(changed, None), columns=columns)))
+    with psycopg.connect(pg_db) as conn:
+        assert conn.execute(f'SELECT count(*) FROM public."{table}"').fetchone()[0] == 0
