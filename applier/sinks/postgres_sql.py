@@ -26,7 +26,9 @@ row, picked by ``ctid``, whose written columns are all ``IS NOT DISTINCT FROM`` 
 image, each parameter cast to the column's type (so a ``real`` compares as ``real``).
 Types without an equality operator (json, xml, geometric types) compare as text.  Such a
 mirror table must have no primary key: tables made by older versions, with every column
-as primary key (and so NOT NULL), are refused with the statements that fix them.
+as primary key (and so NOT NULL), are refused with the statements that fix them.  Those
+versions published every column as the key of a keyless table; such events are applied
+as keyless when the mirror table has no key on them.
 """
 from __future__ import annotations
 
@@ -243,6 +245,8 @@ def layout(source_table: str, mirror: MirrorTable, columns: Sequence[str], key: 
             hint=f"Add it to the mirror (ALTER TABLE {mirror.qualified} ADD COLUMN {quote_ident(missing[0])} ...),"
                  " then restart the applier.",
         )
+    if _legacy_keyless(mirror, columns, key):
+        key = ()
     if is_keyless(key):
         _check_keyless_mirror(source_table, mirror)
     else:
@@ -266,6 +270,17 @@ def missing_columns(mirror: MirrorTable, columns: Sequence[str]) -> list[str]:
     """Event columns the mirror table lacks, in event order."""
     names = {column.name for column in mirror.columns}
     return [column for column in columns if column not in names]
+
+
+def _legacy_keyless(mirror: MirrorTable, columns: Sequence[str], key: Sequence[str]) -> bool:
+    """Events of a keyless table published by versions that sent every column as the key.
+
+    Applied as keyless once the mirror table has neither primary key nor a unique key on
+    them (made by this version, or fixed by the operator), so that a delayed mirror gets
+    past the older events.
+    """
+    return (bool(key) and set(key) == set(columns) and not mirror.has_primary_key
+            and not any(set(unique) == set(key) for unique in mirror.unique_keys))
 
 
 def _check_keyless_mirror(source_table: str, mirror: MirrorTable) -> None:

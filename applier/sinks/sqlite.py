@@ -324,10 +324,13 @@ class SqliteSink:
         if existing is None:
             self._conn.execute(create_table_sql(table, group.columns, group.key))
             self._columns[table] = frozenset(column.lower() for column in group.columns)
+            primary_key = [column.lower() for column in group.key]
         else:
             self._check_columns(table, group, txid)
-        if is_keyless(group.key):
-            self._check_keyless(table, group.table, txid)
+            primary_key = self._primary_key(table)
+        if is_keyless(group.key) or _legacy_keyless(group, primary_key):
+            if primary_key:
+                raise _keyless_with_primary_key(table, group.table, primary_key, txid)
             return _Plan(table=table, upsert=insert_sql(table, group.columns),
                          delete=delete_one_sql(table, group.columns), key_index=(), key_of=tuple,
                          update=update_one_sql(table, group.columns))
@@ -356,22 +359,10 @@ class SqliteSink:
             " then restart the applier.",
         )
 
-    def _check_keyless(self, table: str, source: str, txid: str) -> None:
-        """Raises SinkError when the mirror table of a keyless source table has a primary key.
-
-        Versions before keyless support created such tables with every column as
-        primary key; it would refuse the duplicate rows production may hold.
-        """
-        key = [name for name, in self._conn.execute(
+    def _primary_key(self, table: str) -> list[str]:
+        """Lower-cased primary-key columns of an existing mirror table, in key order."""
+        return [name.lower() for name, in self._conn.execute(
             "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", (table,))]
-        if key:
-            raise SinkError(
-                f"mirror table {table!r} has primary key ({', '.join(key)}) but source table {source!r} "
-                f"has none (txid {txid}): its rows are applied as a multiset, and duplicates would be refused",
-                hint=f"Recreate the mirror table without primary key (CREATE TABLE new AS SELECT * FROM "
-                     f"{quote_ident(table)}; DROP TABLE {quote_ident(table)}; ALTER TABLE new RENAME TO "
-                     f"{quote_ident(table)}), then restart the applier.",
-            )
 
     def _table_columns(self, table: str) -> frozenset[str] | None:
         """Lower-cased column names of a mirror table, or None if it does not exist."""
@@ -385,6 +376,27 @@ class SqliteSink:
 
     def _write_position(self, position: MirrorPosition) -> None:
         self._conn.execute(_POSITION_UPSERT, _position_params(position))
+
+
+def _legacy_keyless(group: TableChanges, primary_key: list[str]) -> bool:
+    """Events of a keyless table published by versions that sent every column as the key.
+
+    Applied as keyless once the mirror table has no primary key (made by this version,
+    or fixed by the operator), so that a delayed mirror gets past the older events.
+    """
+    return not primary_key and {c.lower() for c in group.key} == {c.lower() for c in group.columns}
+
+
+def _keyless_with_primary_key(table: str, source: str, key: list[str], txid: str) -> SinkError:
+    # Versions before keyless support created such tables with every column as primary key;
+    # it would refuse the duplicate rows production may hold.
+    return SinkError(
+        f"mirror table {table!r} has primary key ({', '.join(key)}) but source table {source!r} "
+        f"has none (txid {txid}): its rows are applied as a multiset, and duplicates would be refused",
+        hint=f"Recreate the mirror table without primary key (CREATE TABLE new AS SELECT * FROM "
+             f"{quote_ident(table)}; DROP TABLE {quote_ident(table)}; ALTER TABLE new RENAME TO "
+             f"{quote_ident(table)}), then restart the applier.",
+    )
 
 
 def _op_name(op: object) -> str:
