@@ -57,11 +57,11 @@ def is_keyless(key: Sequence[str]) -> bool:
     return not key
 
 
-def no_matching_row(table: str, mode: str, missing: int) -> SinkError:
+def no_matching_row(table: str, mode: str, missing: int, txids: str) -> SinkError:
     """The error of keyless updates or deletes (``mode``) whose before image matched no mirror row."""
     what = "update" if mode.startswith("update") else "delete"
     return SinkError(
-        f"mirror table {table!r}: {missing} keyless {what}(s) found no row equal to the before image; "
-        "the mirror differs from production",
+        f"mirror table {table!r} (txid {txids}): {missing} keyless {what}(s) found no row equal to the "
+        "before image; the mirror differs from production",
         hint="Compare the table with production; re-initialise the mirror from a new funnel if it diverged.",
     )

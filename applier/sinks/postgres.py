@@ -1,8 +1,9 @@
 """The PostgreSQL mirror: applies whole source transactions and the position in one commit.
 
 Tables keep their schema (``public.orders`` -> ``"public"."orders"``) and must exist on
-the mirror with production's primary key (none for a keyless table); with ``create_tables`` a missing one is
-created from production's definition (``ControlChannel.table_definitions``).  User
+the mirror with production's primary key (none for a keyless table); with
+``create_tables`` a missing one is created from production's definition
+(``ControlChannel.table_definitions``).  User
 types (enums, domains, composites) are not in those definitions: the operator creates
 them on the mirror first (``pg_dump --schema-only`` of production gives them).
 
@@ -237,13 +238,17 @@ class _Run:
             elif mode == "insert":
                 self._sink._insert_rows(plan, listed, copy)
             else:
-                self._sink._change_one_rows(plan, mode, listed)
+                unmatched = self._sink._change_one_rows(plan, mode, listed)
+                if unmatched:
+                    raise no_matching_row(plan.table.display, mode, unmatched, self._txids())
         except psycopg.Error as exc:
-            txids = self._first_txid
-            if self._last_txid != self._first_txid:
-                txids = f"{txids}..{self._last_txid}"  # merged batches span transactions
-            raise SinkError(f"cannot apply to mirror table {plan.table.display!r} (txid {txids}): "
+            raise SinkError(f"cannot apply to mirror table {plan.table.display!r} (txid {self._txids()}): "
                             f"{one_line(exc)}") from exc
+
+    def _txids(self) -> str:
+        if self._last_txid != self._first_txid:
+            return f"{self._first_txid}..{self._last_txid}"  # merged batches span transactions
+        return self._first_txid
 
 
 class PostgresSink:
@@ -488,17 +493,15 @@ class PostgresSink:
             self._conn.cursor().executemany(plan.upsert, rows)
         self._nonempty.add(plan.target)
 
-    def _change_one_rows(self, plan: _Plan, mode: str, params: list[Sequence[Value]]) -> None:
+    def _change_one_rows(self, plan: _Plan, mode: str, params: list[Sequence[Value]]) -> int:
         """Keyless updates or deletes, each of exactly one row equal to its before image.
 
-        Raises SinkError when a before image matches no row: the mirror no longer holds
-        what production changed, and going on would hide the divergence.
+        Returns how many before images matched no row (the mirror differs from production).
         """
         cursor = self._conn.cursor()
         cursor.executemany(plan.update if mode == "update_one" else plan.delete, params)
         # Each statement changes at most one row (LIMIT 1): the sum tells if all matched.
-        if cursor.rowcount != len(params):
-            raise no_matching_row(plan.table.display, mode, len(params) - cursor.rowcount)
+        return len(params) - cursor.rowcount
 
     def _copy_upsert(self, plan: _Plan, rows: list[Image]) -> None:
         cursor = self._conn.cursor()

@@ -151,14 +151,16 @@ class _Run:
         try:
             changed = self._conn.executemany(self._sql, params).rowcount
         except _DB_ERRORS as exc:
-            txids = self._first_txid
-            if self._last_txid != self._first_txid:
-                txids = f"{txids}..{self._last_txid}"  # merged runs span transactions
-            raise SinkError(f"cannot apply to mirror table {self._table!r} (txid {txids}): {exc}") from exc
+            raise SinkError(f"cannot apply to mirror table {self._table!r} (txid {self._txids()}): {exc}") from exc
         # Each keyless statement changes at most one row (LIMIT 1): the sum tells if all matched.
         if self._exact and changed != len(params):
             raise no_matching_row(self._table, "update" if self._sql.startswith("UPDATE") else "delete",
-                                  len(params) - changed)
+                                  len(params) - changed, self._txids())
+
+    def _txids(self) -> str:
+        if self._last_txid != self._first_txid:
+            return f"{self._first_txid}..{self._last_txid}"  # merged runs span transactions
+        return self._first_txid
 
 
 class SqliteSink:
