@@ -4,6 +4,8 @@ Backward seek applies the inverse of each transaction through the ordinary sink,
 undo needs no sink code of its own and keeps every sink's atomicity: an insert
 becomes a delete of its after image, a delete re-inserts its before image, an update
 writes its before image back (deleting the new key first when the key changed).
+Keyless tables invert exactly the same way, one row at a time: the sink deletes, or
+writes back, one row equal to the image, so an undone duplicate leaves its twin.
 """
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ def _invert_group(group: TableChanges, txid: str) -> TableChanges:
 
 
 def _require_before(group: TableChanges, rows: list[Row], txid: str) -> None:
-    non_key = [i for i, column in enumerate(group.columns) if column not in set(group.key)]
+    # A keyless table is captured only with full before images (REPLICA IDENTITY FULL),
+    # and a row of NULLs is a real row there: only a missing image is refused.
+    non_key = [i for i, column in enumerate(group.columns) if column not in set(group.key)] if group.key else []
     for row in rows:
         # A before image with only the key (PostgreSQL without REPLICA IDENTITY FULL
         # sends the other columns as NULL) cannot restore the row. A real row whose

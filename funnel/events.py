@@ -55,7 +55,9 @@ class TableChanges:
     table: str  # schema-qualified where the source has schemas ("public.orders")
     op: Op
     columns: list[str]  # names of the values in each row image, in order
-    key: list[str]  # primary-key columns (a subset of ``columns``)
+    # Primary-key columns (a subset of ``columns``).  Empty for a table without a key:
+    # its rows are a multiset, and an update or delete changes one row equal to ``before``.
+    key: list[str]
     rows: list[Row] = field(default_factory=list)
 
 

@@ -37,12 +37,31 @@ class Sink(Protocol):
 
 
 def check_key(table: str, columns: Sequence[str], key: Sequence[str]) -> None:
-    """Raises SinkError when ``key`` is empty or names a column not in ``columns``."""
-    if not key:
-        raise SinkError(
-            f"table {table!r} has no key columns; the mirror needs a primary key to apply changes",
-            hint="Give the source table a primary key, or exclude it from capture.",
-        )
+    """Raises SinkError when ``key`` names a column not in ``columns``.
+
+    An empty key is valid: the table is keyless (see ``is_keyless``).
+    """
     missing = [column for column in key if column not in columns]
     if missing:
         raise SinkError(f"table {table!r}: key column {missing[0]!r} is not among the event's columns")
+
+
+def is_keyless(key: Sequence[str]) -> bool:
+    """True for a table without key, whose rows the mirror keeps as a multiset.
+
+    Inserts add a row, even a duplicate; an update or delete changes exactly one row whose
+    columns all equal the before image (NULL equal to NULL), as PostgreSQL's logical
+    replication does for a REPLICA IDENTITY FULL table without key.  Sinks never merge
+    or collapse such rows.
+    """
+    return not key
+
+
+def no_matching_row(table: str, mode: str, missing: int, txids: str) -> SinkError:
+    """The error of keyless updates or deletes (``mode``) whose before image matched no mirror row."""
+    what = "update" if mode.startswith("update") else "delete"
+    return SinkError(
+        f"mirror table {table!r} (txid {txids}): {missing} keyless {what}(s) found no row equal to the "
+        "before image; the mirror differs from production",
+        hint="Compare the table with production; re-initialise the mirror from a new funnel if it diverged.",
+    )

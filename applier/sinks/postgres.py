@@ -1,8 +1,9 @@
 """The PostgreSQL mirror: applies whole source transactions and the position in one commit.
 
 Tables keep their schema (``public.orders`` -> ``"public"."orders"``) and must exist on
-the mirror with production's primary key; with ``create_tables`` a missing one is
-created from production's definition (``ControlChannel.table_definitions``).  User
+the mirror with production's primary key (none for a keyless table); with
+``create_tables`` a missing one is created from production's definition
+(``ControlChannel.table_definitions``).  User
 types (enums, domains, composites) are not in those definitions: the operator creates
 them on the mirror first (``pg_dump --schema-only`` of production gives them).
 
@@ -24,6 +25,14 @@ How rows are written (see DESIGN.md, Performance notes, for the measured figures
   ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` -- or COPYed straight into
   the mirror table when that is empty (an initial copy);
 * smaller batches and all deletes go through ``executemany`` (pipelined by psycopg).
+
+Keyless tables (events with an empty key) are multisets: their rows are never
+collapsed, inserts are plain (COPYed straight into the mirror table from
+``copy_min_rows`` rows), and each update or delete changes one row equal to its before
+image (``postgres_sql``, Keyless tables).
+
+A mirror table is described once; when an event has a column it lacks, the catalog is
+read again before failing, so a column the operator added while the applier runs is used.
 
 Rows of one table that carry fewer columns (the capture leaves out an unchanged TOASTed
 value) form their own layout and batch, and upsert only the columns they carry, so the
@@ -63,17 +72,22 @@ from applier.sinks.postgres_sql import (
     quote_ident,
     create_state_table_sql,
     create_table_sql,
+    delete_one_sql,
     delete_sql,
     has_rows_sql,
+    insert_values_sql,
     layout,
     mirror_table_name,
+    missing_columns,
     one_line,
     position_select_sql,
     position_upsert_sql,
     truncate_sql,
+    update_one_sql,
     upsert_select_sql,
     upsert_values_sql,
 )
+from applier.sinks.base import no_matching_row
 from applier.sinks.state import position_from_row, position_to_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
@@ -110,10 +124,19 @@ class _Plan:
     source: str  # the source table name, for messages
     table: MirrorTable
     layout: Layout
-    upsert: str  # one-row upsert for executemany
-    delete: str  # one-row delete for executemany
+    upsert: str  # one-row upsert for executemany; keyless: a plain INSERT
+    delete: str  # one-row delete for executemany; keyless: of one row equal to the before image
     key_of: KeyOf  # the key of a row image (see KeyOf)
     project: Callable[[Image], Image] | None  # the written values of a row image; None: all of it
+    update: str | None = None  # keyless: UPDATE of one row equal to the before image
+    update_values: Callable[[Image], tuple[Value, ...]] | None = None  # keyless: what ``update`` sets
+
+    @property
+    def keyless(self) -> bool:
+        return self.layout.keyless
+
+    def written(self, image: Image) -> Image:
+        return image if self.project is None else self.project(image)
 
     def key_params(self, keys: list[Any]) -> list[Sequence[Value]]:
         """Parameters of the delete statement for keys as ``key_of`` gives them."""
@@ -148,20 +171,22 @@ def _changed_key_rows(rows: Sequence[Row], key_of: KeyOf) -> list[int]:
 
 
 class _Run:
-    """Consecutive upserts, or consecutive deletes, of one table layout: one batch.
+    """Consecutive statements of one kind on one table layout: one batch.
 
-    Rows are collapsed to the last one per key (a dict), which keeps the result of
-    every key as the source left it because a different statement -- a delete after
-    upserts, another table -- first flushes what is pending.
+    Keyed upserts and deletes are collapsed to the last one per key (a dict), which
+    keeps the result of every key as the source left it because a different statement
+    -- a delete after upserts, another table -- first flushes what is pending.  Rows of
+    keyless tables are kept in a list: two equal rows are two rows.
     """
 
-    __slots__ = ("_sink", "_plan", "_deleting", "_rows", "_copy", "_first_txid", "_last_txid")
+    __slots__ = ("_sink", "_plan", "_mode", "_rows", "_list", "_copy", "_first_txid", "_last_txid")
 
     def __init__(self, sink: PostgresSink) -> None:
         self._sink = sink
         self._plan: _Plan | None = None
-        self._deleting = False
+        self._mode = ""  # "upsert", "delete"; keyless: "insert", "delete_one", "update_one"
         self._rows: dict[Any, Image | None] = {}  # key -> image (upserts) or None (deletes)
+        self._list: list[Sequence[Value]] = []  # keyless: row images or statement parameters
         self._copy = False  # the batch holds snapshot rows: COPY whatever its size
         self._first_txid = ""
         self._last_txid = ""
@@ -170,7 +195,7 @@ class _Run:
         """Queue row images to upsert.  Raises SinkError if flushing other work fails."""
         if not images:
             return
-        self._switch(plan, False, txid)
+        self._switch(plan, "upsert", txid)
         self._copy = self._copy or copy
         key_of, project = plan.key_of, plan.project
         if project is None:
@@ -180,34 +205,50 @@ class _Run:
 
     def delete(self, plan: _Plan, keys: Iterable[Any], txid: str) -> None:
         """Queue keys (as ``plan.key_of`` gives them) to delete.  Raises SinkError if flushing other work fails."""
-        self._switch(plan, True, txid)
+        self._switch(plan, "delete", txid)
         self._rows.update(dict.fromkeys(keys))
 
-    def _switch(self, plan: _Plan, deleting: bool, txid: str) -> None:
-        if plan is not self._plan or deleting != self._deleting:
+    def append(self, plan: _Plan, mode: str, params: Iterable[Sequence[Value]], txid: str,
+               copy: bool = False) -> None:
+        """Queue statements of a keyless table, never collapsed.  Raises SinkError if flushing other work fails."""
+        self._switch(plan, mode, txid)
+        self._copy = self._copy or copy
+        self._list.extend(params)
+
+    def _switch(self, plan: _Plan, mode: str, txid: str) -> None:
+        if plan is not self._plan or mode != self._mode:
             self.flush()
-            self._plan, self._deleting, self._first_txid = plan, deleting, txid
+            self._plan, self._mode, self._first_txid = plan, mode, txid
         self._last_txid = txid
 
     def flush(self) -> None:
         """Write what is queued.  Raises SinkError naming the table and transactions."""
-        if not self._rows:
+        if not self._rows and not self._list:
             return
-        plan = self._plan
+        plan, mode = self._plan, self._mode
         pending, self._rows = self._rows, {}
+        listed, self._list = self._list, []
         copy, self._copy = self._copy, False
         self._plan = None  # what comes next starts a new batch, with its own first txid
         try:
-            if self._deleting:
-                self._sink._delete_rows(plan, list(pending))
-            else:
+            if mode == "upsert":
                 self._sink._upsert_rows(plan, list(pending.values()), copy)
+            elif mode == "delete":
+                self._sink._delete_rows(plan, list(pending))
+            elif mode == "insert":
+                self._sink._insert_rows(plan, listed, copy)
+            else:
+                unmatched = self._sink._change_one_rows(plan, mode, listed)
+                if unmatched:
+                    raise no_matching_row(plan.table.display, mode, unmatched, self._txids())
         except psycopg.Error as exc:
-            txids = self._first_txid
-            if self._last_txid != self._first_txid:
-                txids = f"{txids}..{self._last_txid}"  # merged batches span transactions
-            raise SinkError(f"cannot apply to mirror table {plan.table.display!r} (txid {txids}): "
+            raise SinkError(f"cannot apply to mirror table {plan.table.display!r} (txid {self._txids()}): "
                             f"{one_line(exc)}") from exc
+
+    def _txids(self) -> str:
+        if self._last_txid != self._first_txid:
+            return f"{self._first_txid}..{self._last_txid}"  # merged batches span transactions
+        return self._first_txid
 
 
 class PostgresSink:
@@ -390,12 +431,28 @@ class PostgresSink:
         op, rows = group.op, group.rows
         if isinstance(plan, MirrorTable):
             self._truncate(plan, group.table, txid, run)
+        elif plan.keyless:
+            self._apply_keyless(group, plan, txid, run)
         elif op == Op.DELETE:
             run.delete(plan, map(plan.key_of, map(_BEFORE, rows)), txid)
         elif op == Op.UPDATE:
             self._update(plan, rows, txid, run)
         elif op in (Op.INSERT, Op.SNAPSHOT):
             run.upsert(plan, list(map(_AFTER, rows)), txid, copy=op == Op.SNAPSHOT)
+        else:
+            raise SinkError(f"unknown operation {op!r} for table {group.table!r} (txid {txid})")
+
+    @staticmethod
+    def _apply_keyless(group: TableChanges, plan: _Plan, txid: str, run: _Run) -> None:
+        op, rows, written = group.op, group.rows, plan.written
+        if op == Op.DELETE:
+            run.append(plan, "delete_one", [written(before) for before, _ in rows], txid)
+        elif op == Op.UPDATE:
+            if plan.update is not None:  # else nothing PostgreSQL lets us update
+                values = plan.update_values
+                run.append(plan, "update_one", [(*values(a), *written(b)) for b, a in rows], txid)
+        elif op in (Op.INSERT, Op.SNAPSHOT):
+            run.append(plan, "insert", [written(after) for _, after in rows], txid, copy=op == Op.SNAPSHOT)
         else:
             raise SinkError(f"unknown operation {op!r} for table {group.table!r} (txid {txid})")
 
@@ -427,6 +484,24 @@ class PostgresSink:
 
     def _delete_rows(self, plan: _Plan, keys: list[Any]) -> None:
         self._conn.cursor().executemany(plan.delete, plan.key_params(keys))
+
+    def _insert_rows(self, plan: _Plan, rows: list[Image], copy: bool) -> None:
+        """Keyless inserts: nothing can conflict, so large batches COPY straight into the table."""
+        if copy or len(rows) >= self.copy_min_rows:
+            self._copy(self._conn.cursor(), copy_sql(plan.target, plan.layout.write_columns), rows)
+        else:
+            self._conn.cursor().executemany(plan.upsert, rows)
+        self._nonempty.add(plan.target)
+
+    def _change_one_rows(self, plan: _Plan, mode: str, params: list[Sequence[Value]]) -> int:
+        """Keyless updates or deletes, each of exactly one row equal to its before image.
+
+        Returns how many before images matched no row (the mirror differs from production).
+        """
+        cursor = self._conn.cursor()
+        cursor.executemany(plan.update if mode == "update_one" else plan.delete, params)
+        # Each statement changes at most one row (LIMIT 1): the sum tells if all matched.
+        return len(params) - cursor.rowcount
 
     def _copy_upsert(self, plan: _Plan, rows: list[Image]) -> None:
         cursor = self._conn.cursor()
@@ -479,7 +554,19 @@ class PostgresSink:
     def _build_plan(self, group: TableChanges) -> _Plan:
         """Prepare SQL for a table layout.  Raises SinkError for a mismatch with the mirror table."""
         table = self._mirror_table(group.table)
+        if missing_columns(table, group.columns):
+            table = self._mirror_table(group.table, fresh=True)  # the operator may have just added it
         shape = layout(group.table, table, group.columns, group.key)
+        project = None if len(shape.write_index) == len(group.columns) else _getter(shape.write_index)
+        if shape.keyless:
+            columns = list(group.columns)
+            updatable = bool(shape.update_columns)
+            return _Plan(source=group.table, table=table, layout=shape,
+                         upsert=insert_values_sql(table.qualified, shape),
+                         delete=delete_one_sql(table.qualified, shape), key_of=tuple, project=project,
+                         update=update_one_sql(table.qualified, shape) if updatable else None,
+                         update_values=_getter(tuple(columns.index(c) for c in shape.update_columns))
+                         if updatable else None)
         return _Plan(
             source=group.table,
             table=table,
@@ -487,12 +574,18 @@ class PostgresSink:
             upsert=upsert_values_sql(table.qualified, shape),
             delete=delete_sql(table.qualified, shape.key),
             key_of=itemgetter(*shape.key_index),
-            project=None if len(shape.write_index) == len(group.columns) else _getter(shape.write_index),
+            project=project,
         )
 
-    def _mirror_table(self, source: str) -> MirrorTable:
-        """The mirror table of a source table, created if missing and allowed.  Raises SinkError."""
+    def _mirror_table(self, source: str, fresh: bool = False) -> MirrorTable:
+        """The mirror table of a source table, created if missing and allowed.
+
+        ``fresh``: read the catalog again rather than trust what we read before.
+        Raises SinkError.
+        """
         schema, name = mirror_table_name(source)
+        if fresh:
+            self._tables.pop((schema, name), None)
         table = self._tables.get((schema, name))
         if table is None:
             table = self._read_table(schema, name) or self._create_table(source, schema, name)

@@ -17,6 +17,18 @@ ALWAYS`` are written with ``OVERRIDING SYSTEM VALUE`` so the mirror keeps produc
 numbers; PostgreSQL forbids updating them, so a non-key one keeps its inserted value.
 The event key must be the mirror's primary key (or another plain, immediate unique
 index on exactly those columns), because it is the ``ON CONFLICT`` arbiter.
+
+Keyless tables
+--------------
+Events with an empty key come from a table without key (``applier.sinks.base.is_keyless``).
+Its rows are a multiset: plain INSERTs (or COPY), and an update or delete changes the one
+row, picked by ``ctid``, whose written columns are all ``IS NOT DISTINCT FROM`` the before
+image, each parameter cast to the column's type (so a ``real`` compares as ``real``).
+Types without an equality operator (json, xml, geometric types) compare as text.  Such a
+mirror table must have no primary key: tables made by older versions, with every column
+as primary key (and so NOT NULL), are refused with the statements that fix them.  Those
+versions published every column as the key of a keyless table; such events are applied
+as keyless when the mirror table has no key on them.
 """
 from __future__ import annotations
 
@@ -25,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from applier.sinks.base import check_key
+from applier.sinks.base import check_key, is_keyless
 from applier.sinks.state import STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
 
@@ -134,8 +146,13 @@ class Layout:
     write_columns: tuple[str, ...]
     key_index: tuple[int, ...]  # positions in the row image of the key columns, key order
     key: tuple[str, ...]
-    update_columns: tuple[str, ...]  # set by ON CONFLICT DO UPDATE
+    update_columns: tuple[str, ...]  # set by ON CONFLICT DO UPDATE (keyless: by UPDATE)
     overriding: bool  # an identity column GENERATED ALWAYS is written
+    write_types: tuple[str, ...] = ()  # the mirror's types of ``write_columns``
+
+    @property
+    def keyless(self) -> bool:
+        return is_keyless(self.key)
 
 
 def mirror_table_name(source_table: str) -> tuple[str, str]:
@@ -187,8 +204,9 @@ def check_type_text(table: str, column: str, type_text: str) -> str:
 def create_table_sql(schema: str, table: str, definition: Mapping[str, Any]) -> str:
     """CREATE TABLE from production's definition (``table/<table>`` control record).
 
-    Raises SinkError for a definition without columns or key, a key column that is not
-    a column, or a type that is not a plain type name.
+    A keyless definition (empty key) gets no PRIMARY KEY and keeps production's
+    nullability.  Raises SinkError for a definition without columns, a key column that
+    is not a column, or a type that is not a plain type name.
     """
     display = f"{schema}.{table}"
     columns = definition.get("columns") or []
@@ -202,7 +220,8 @@ def create_table_sql(schema: str, table: str, definition: Mapping[str, Any]) -> 
         name = column["name"]
         not_null = " NOT NULL" if column.get("not_null") else ""
         parts.append(f"{quote_ident(name)} {check_type_text(display, name, column.get('type'))}{not_null}")
-    parts.append(f"PRIMARY KEY ({column_list(key)})")
+    if key:
+        parts.append(f"PRIMARY KEY ({column_list(key)})")
     return f"CREATE TABLE {qualified_name(schema, table)} ({', '.join(parts)})"
 
 
@@ -214,7 +233,8 @@ def layout(source_table: str, mirror: MirrorTable, columns: Sequence[str], key: 
     """How rows with ``columns`` and ``key`` are written to ``mirror``.
 
     Raises SinkError naming the table and column when the mirror lacks an event column,
-    or when the event key is not a unique key of the mirror table.
+    when the event key is not a unique key of the mirror table, or when the events are
+    keyless but the mirror table has a primary key.
     """
     check_key(source_table, columns, key)
     by_name = {column.name: column for column in mirror.columns}
@@ -225,7 +245,12 @@ def layout(source_table: str, mirror: MirrorTable, columns: Sequence[str], key: 
             hint=f"Add it to the mirror (ALTER TABLE {mirror.qualified} ADD COLUMN {quote_ident(missing[0])} ...),"
                  " then restart the applier.",
         )
-    _check_mirror_key(source_table, mirror, key)
+    if _legacy_keyless(mirror, columns, key):
+        key = ()
+    if is_keyless(key):
+        _check_keyless_mirror(source_table, mirror)
+    else:
+        _check_mirror_key(source_table, mirror, key)
     write_index = tuple(i for i, column in enumerate(columns) if not by_name[column].generated)
     write_columns = tuple(columns[i] for i in write_index)
     keys = set(key)
@@ -237,6 +262,39 @@ def layout(source_table: str, mirror: MirrorTable, columns: Sequence[str], key: 
         # PostgreSQL refuses to UPDATE an identity column GENERATED ALWAYS.
         update_columns=tuple(c for c in write_columns if c not in keys and not by_name[c].identity_always),
         overriding=any(by_name[column].identity_always for column in write_columns),
+        write_types=tuple(by_name[column].type for column in write_columns),
+    )
+
+
+def missing_columns(mirror: MirrorTable, columns: Sequence[str]) -> list[str]:
+    """Event columns the mirror table lacks, in event order."""
+    names = {column.name for column in mirror.columns}
+    return [column for column in columns if column not in names]
+
+
+def _legacy_keyless(mirror: MirrorTable, columns: Sequence[str], key: Sequence[str]) -> bool:
+    """Events of a keyless table published by versions that sent every column as the key.
+
+    Applied as keyless once the mirror table has neither primary key nor a unique key on
+    them (made by this version, or fixed by the operator), so that a delayed mirror gets
+    past the older events.
+    """
+    return (bool(key) and set(key) == set(columns) and not mirror.has_primary_key
+            and not any(set(unique) == set(key) for unique in mirror.unique_keys))
+
+
+def _check_keyless_mirror(source_table: str, mirror: MirrorTable) -> None:
+    if not mirror.has_primary_key:
+        return
+    key = mirror.unique_keys[0]
+    # Versions before keyless support created these tables with every column as primary key.
+    fix = [f"ALTER TABLE {mirror.qualified} DROP CONSTRAINT <its primary key>"]
+    fix += [f"ALTER TABLE {mirror.qualified} ALTER COLUMN {quote_ident(c)} DROP NOT NULL" for c in key]
+    raise SinkError(
+        f"mirror table {mirror.display!r} has primary key ({', '.join(key)}) but source table "
+        f"{source_table!r} has none: its rows are applied as a multiset, and duplicate rows or NULLs "
+        f"would be refused",
+        hint="; ".join(fix) + " (as on production), then restart the applier.",
     )
 
 
@@ -271,6 +329,44 @@ def _on_conflict(layout: Layout) -> str:
         return f"ON CONFLICT ({column_list(layout.key)}) DO NOTHING"
     updates = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in layout.update_columns)
     return f"ON CONFLICT ({column_list(layout.key)}) DO UPDATE SET {updates}"
+
+
+def insert_values_sql(table: str, layout: Layout) -> str:
+    """Plain one-row INSERT with ``%s`` parameters, for a keyless table."""
+    placeholders = ", ".join(["%s"] * len(layout.write_columns))
+    return f"{_insert_head(table, layout)} VALUES ({placeholders})"
+
+
+# Types whose values cannot be compared with "=" (no equality operator, or one that
+# means something else, as box's equal area): compared as their text instead.
+_TEXT_COMPARED = frozenset({"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"})
+
+
+def _matches(column: str, type_text: str) -> str:
+    if type_text.removesuffix("[]") in _TEXT_COMPARED:
+        return f"{quote_ident(column)}::text IS NOT DISTINCT FROM %s::text"
+    return f"{quote_ident(column)} IS NOT DISTINCT FROM %s::{type_text}"
+
+
+def _one_matching_row(table: str, layout: Layout) -> str:
+    """The condition picking ONE row equal to a before image (``write_columns`` order)."""
+    condition = " AND ".join(_matches(c, t) for c, t in zip(layout.write_columns, layout.write_types))
+    # ctid alone is not unique across the partitions of a partitioned mirror table.
+    return (f"(tableoid, ctid) = (SELECT tableoid, ctid FROM {table} WHERE {condition} LIMIT 1)")
+
+
+def delete_one_sql(table: str, layout: Layout) -> str:
+    """DELETE one row of a keyless table equal to the parameters (``write_columns`` of a before image)."""
+    return f"DELETE FROM {table} WHERE {_one_matching_row(table, layout)}"
+
+
+def update_one_sql(table: str, layout: Layout) -> str:
+    """UPDATE one row of a keyless table: parameters are the after image's ``update_columns``,
+    then the before image's ``write_columns`` it must equal."""
+    if not layout.update_columns:
+        raise SinkError(f"table {table}: no column can be updated (identity columns GENERATED ALWAYS only)")
+    assignments = ", ".join(f"{quote_ident(c)} = %s" for c in layout.update_columns)
+    return f"UPDATE {table} SET {assignments} WHERE {_one_matching_row(table, layout)}"
 
 
 def upsert_values_sql(table: str, layout: Layout) -> str:

@@ -4,7 +4,12 @@ Table names are mapped as ``applier.sinks.sqlite_sql`` describes (``main.orders`
 ``public.orders`` become ``orders``, ``sales.orders`` becomes ``sales_orders``).  Missing
 tables are created from the first event's columns (untyped, so values keep their exact
 type) with the source key as PRIMARY KEY; existing tables are used as they are, as long
-as they have every column the events carry.
+as they have every column the events carry (a column the mirror lacks is looked up again
+before failing, so a column added to the mirror while the applier runs is found).
+
+A keyless source table (``applier.sinks.base.is_keyless``) is created without PRIMARY
+KEY and kept as a multiset: plain inserts, and updates and deletes of one row (by
+rowid) whose columns are all ``IS`` the before image.
 
 Not thread-safe: one applier thread owns a sink.
 """
@@ -20,15 +25,19 @@ from typing import Any
 from applier.sinks.sqlite_sql import (
     CREATE_STATE_TABLE,
     create_table_sql,
+    delete_one_sql,
     delete_sql,
+    insert_sql,
     key_indexes,
     mirror_table_name,
     position_select_sql,
     position_upsert_sql,
     quote_ident,
     truncate_sql,
+    update_one_sql,
     upsert_sql,
 )
+from applier.sinks.base import is_keyless, no_matching_row
 from applier.sinks.state import position_from_row, position_to_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
@@ -75,10 +84,15 @@ class _Plan:
     """Prepared SQL for one source table and column layout."""
 
     table: str  # the mirror table name
-    upsert: str
-    delete: str
+    upsert: str  # keyless: a plain INSERT
+    delete: str  # keyless: deletes one row equal to the whole before image
     key_index: tuple[int, ...]
-    key_of: KeyOf  # key values (in key order) from a row image
+    key_of: KeyOf  # key values (in key order) from a row image; keyless: the whole image
+    update: str | None = None  # keyless only: updates one row equal to the before image
+
+    @property
+    def keyless(self) -> bool:
+        return self.update is not None
 
 
 def _key_getter(key_index: tuple[int, ...]) -> KeyOf:
@@ -107,7 +121,7 @@ class _Run:
     what is pending, so a delete is never overtaken by an earlier upsert.
     """
 
-    __slots__ = ("_conn", "_sql", "_params", "_table", "_first_txid", "_last_txid")
+    __slots__ = ("_conn", "_sql", "_params", "_table", "_first_txid", "_last_txid", "_exact")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -116,12 +130,16 @@ class _Run:
         self._table = ""
         self._first_txid = ""
         self._last_txid = ""
+        self._exact = False
 
-    def add(self, sql: str, params: Iterable[Sequence[Value]], table: str, txid: str) -> None:
-        """Queue ``params`` for ``sql``.  Raises SinkError if a flush of other work fails."""
+    def add(self, sql: str, params: Iterable[Sequence[Value]], table: str, txid: str, exact: bool = False) -> None:
+        """Queue ``params`` for ``sql``.  Raises SinkError if a flush of other work fails.
+
+        ``exact``: each execution must change one row (keyless updates and deletes).
+        """
         if sql != self._sql:
             self.flush()
-            self._sql, self._table, self._first_txid = sql, table, txid
+            self._sql, self._table, self._first_txid, self._exact = sql, table, txid, exact
         self._last_txid = txid
         self._params.extend(params)
 
@@ -131,12 +149,18 @@ class _Run:
             return
         params, self._params = self._params, []
         try:
-            self._conn.executemany(self._sql, params)
+            changed = self._conn.executemany(self._sql, params).rowcount
         except _DB_ERRORS as exc:
-            txids = self._first_txid
-            if self._last_txid != self._first_txid:
-                txids = f"{txids}..{self._last_txid}"  # merged runs span transactions
-            raise SinkError(f"cannot apply to mirror table {self._table!r} (txid {txids}): {exc}") from exc
+            raise SinkError(f"cannot apply to mirror table {self._table!r} (txid {self._txids()}): {exc}") from exc
+        # Each keyless statement changes at most one row (LIMIT 1): the sum tells if all matched.
+        if self._exact and changed != len(params):
+            raise no_matching_row(self._table, "update" if self._sql.startswith("UPDATE") else "delete",
+                                  len(params) - changed, self._txids())
+
+    def _txids(self) -> str:
+        if self._last_txid != self._first_txid:
+            return f"{self._first_txid}..{self._last_txid}"  # merged runs span transactions
+        return self._first_txid
 
 
 class SqliteSink:
@@ -253,7 +277,7 @@ class SqliteSink:
         plan = self._plan(group, txid)
         rows = group.rows
         if op == Op.DELETE:
-            run.add(plan.delete, map(plan.key_of, map(_BEFORE, rows)), plan.table, txid)
+            run.add(plan.delete, map(plan.key_of, map(_BEFORE, rows)), plan.table, txid, exact=plan.keyless)
         elif op == Op.UPDATE:
             self._update(plan, rows, txid, run)
         elif op in _UPSERT_OPS:
@@ -262,7 +286,13 @@ class SqliteSink:
             raise SinkError(f"unknown operation {op!r} for table {group.table!r} (txid {txid})")
 
     def _update(self, plan: _Plan, rows: list[Row], txid: str, run: _Run) -> None:
-        """Upsert the new images; a row whose key changed first loses its old key."""
+        """Upsert the new images; a row whose key changed first loses its old key.
+
+        Keyless: each row changes one mirror row equal to its before image.
+        """
+        if plan.keyless:
+            run.add(plan.update, [(*after, *before) for before, after in rows], plan.table, txid, exact=True)
+            return
         start = 0
         for i in _changed_key_rows(rows, plan.key_index):
             run.add(plan.upsert, map(_AFTER, rows[start:i]), plan.table, txid)
@@ -287,7 +317,8 @@ class SqliteSink:
     def _build_plan(self, group: TableChanges, txid: str) -> _Plan:
         """Prepare SQL for a table layout, creating the mirror table if it is missing.
 
-        Raises SinkError when the mirror table lacks a column of the event.
+        Raises SinkError when the mirror table lacks a column of the event, or has a
+        primary key while the source table has none.
         """
         table = mirror_table_name(group.table)
         key_index = key_indexes(table, group.columns, group.key)
@@ -295,8 +326,16 @@ class SqliteSink:
         if existing is None:
             self._conn.execute(create_table_sql(table, group.columns, group.key))
             self._columns[table] = frozenset(column.lower() for column in group.columns)
+            primary_key = [column.lower() for column in group.key]
         else:
-            self._check_columns(table, existing, group, txid)
+            self._check_columns(table, group, txid)
+            primary_key = self._primary_key(table)
+        if is_keyless(group.key) or _legacy_keyless(group, primary_key):
+            if primary_key:
+                raise _keyless_with_primary_key(table, group.table, primary_key, txid)
+            return _Plan(table=table, upsert=insert_sql(table, group.columns),
+                         delete=delete_one_sql(table, group.columns), key_index=(), key_of=tuple,
+                         update=update_one_sql(table, group.columns))
         return _Plan(
             table=table,
             upsert=upsert_sql(table, group.columns, group.key),
@@ -305,17 +344,27 @@ class SqliteSink:
             key_of=_key_getter(key_index),
         )
 
-    @staticmethod
-    def _check_columns(table: str, existing: frozenset[str], group: TableChanges, txid: str) -> None:
-        # SQLite compares column names case-insensitively.
-        missing = [column for column in group.columns if column.lower() not in existing]
-        if missing:
-            raise SinkError(
-                f"mirror table {table!r} has no column {missing[0]!r} "
-                f"(source table {group.table!r}, txid {txid})",
-                hint=f"Add it to the mirror (ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(missing[0])}),"
-                " then restart the applier.",
-            )
+    def _check_columns(self, table: str, group: TableChanges, txid: str) -> None:
+        """Raises SinkError when the mirror table lacks an event column, even after reading it again."""
+        for fresh in (False, True):
+            if fresh:  # the operator may have added it since we looked (the README's procedure)
+                self._columns.pop(table, None)
+            existing = self._table_columns(table) or frozenset()
+            # SQLite compares column names case-insensitively.
+            missing = [column for column in group.columns if column.lower() not in existing]
+            if not missing:
+                return
+        raise SinkError(
+            f"mirror table {table!r} has no column {missing[0]!r} "
+            f"(source table {group.table!r}, txid {txid})",
+            hint=f"Add it to the mirror (ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(missing[0])}),"
+            " then restart the applier.",
+        )
+
+    def _primary_key(self, table: str) -> list[str]:
+        """Lower-cased primary-key columns of an existing mirror table, in key order."""
+        return [name.lower() for name, in self._conn.execute(
+            "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", (table,))]
 
     def _table_columns(self, table: str) -> frozenset[str] | None:
         """Lower-cased column names of a mirror table, or None if it does not exist."""
@@ -329,6 +378,27 @@ class SqliteSink:
 
     def _write_position(self, position: MirrorPosition) -> None:
         self._conn.execute(_POSITION_UPSERT, _position_params(position))
+
+
+def _legacy_keyless(group: TableChanges, primary_key: list[str]) -> bool:
+    """Events of a keyless table published by versions that sent every column as the key.
+
+    Applied as keyless once the mirror table has no primary key (made by this version,
+    or fixed by the operator), so that a delayed mirror gets past the older events.
+    """
+    return not primary_key and {c.lower() for c in group.key} == {c.lower() for c in group.columns}
+
+
+def _keyless_with_primary_key(table: str, source: str, key: list[str], txid: str) -> SinkError:
+    # Versions before keyless support created such tables with every column as primary key;
+    # it would refuse the duplicate rows production may hold.
+    return SinkError(
+        f"mirror table {table!r} has primary key ({', '.join(key)}) but source table {source!r} "
+        f"has none (txid {txid}): its rows are applied as a multiset, and duplicates would be refused",
+        hint=f"Recreate the mirror table without primary key (CREATE TABLE new AS SELECT * FROM "
+             f"{quote_ident(table)}; DROP TABLE {quote_ident(table)}; ALTER TABLE new RENAME TO "
+             f"{quote_ident(table)}), then restart the applier.",
+    )
 
 
 def _op_name(op: object) -> str:

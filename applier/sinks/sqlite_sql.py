@@ -85,11 +85,12 @@ def create_table_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> 
 
     Untyped columns have no affinity, so SQLite stores every value exactly as bound:
     big integers, floats, text that looks like a number and blobs keep their type.
-    Raises SinkError when there is no key or a key column is not among the columns,
-    because without a key the mirror cannot upsert or delete single rows.
+    A keyless source table (empty ``key``) gets no PRIMARY KEY: its rows are a multiset.
+    Raises SinkError when a key column is not among the columns.
     """
     check_key(table, columns, key)
-    return f"CREATE TABLE {quote_ident(table)} ({_column_list(columns)}, PRIMARY KEY ({_column_list(key)}))"
+    primary_key = f", PRIMARY KEY ({_column_list(key)})" if key else ""
+    return f"CREATE TABLE {quote_ident(table)} ({_column_list(columns)}{primary_key})"
 
 
 def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -103,6 +104,8 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     Raises SinkError like ``create_table_sql`` for a missing key.
     """
     check_key(table, columns, key)
+    if not key:
+        raise SinkError(f"table {table!r} has no key columns; use insert_sql for a keyless table")
     placeholders = ", ".join("?" * len(columns))
     keys = set(key)
     updates = ", ".join(
@@ -126,6 +129,29 @@ def delete_sql(table: str, key: Sequence[str]) -> str:
     return f"DELETE FROM {quote_ident(table)} WHERE {condition}"
 
 
+def insert_sql(table: str, columns: Sequence[str]) -> str:
+    """Plain INSERT of one row image, for keyless tables (a duplicate row is a new row)."""
+    placeholders = ", ".join("?" * len(columns))
+    return f"INSERT INTO {quote_ident(table)} ({_column_list(columns)}) VALUES ({placeholders})"
+
+
+def _one_matching_row(table: str, columns: Sequence[str]) -> str:
+    # IS compares NULL equal to NULL.  LIMIT 1: of identical rows exactly one changes.
+    condition = " AND ".join(f"{quote_ident(column)} IS ?" for column in columns)
+    return f"rowid = (SELECT rowid FROM {quote_ident(table)} WHERE {condition} LIMIT 1)"
+
+
+def delete_one_sql(table: str, columns: Sequence[str]) -> str:
+    """DELETE one row of a keyless table equal to the parameters (a before image in ``columns`` order)."""
+    return f"DELETE FROM {quote_ident(table)} WHERE {_one_matching_row(table, columns)}"
+
+
+def update_one_sql(table: str, columns: Sequence[str]) -> str:
+    """UPDATE one row of a keyless table; parameters: the after image, then the before image it must equal."""
+    assignments = ", ".join(f"{quote_ident(column)} = ?" for column in columns)
+    return f"UPDATE {quote_ident(table)} SET {assignments} WHERE {_one_matching_row(table, columns)}"
+
+
 def truncate_sql(table: str) -> str:
     """Delete every row (SQLite's truncate optimisation applies to a DELETE without WHERE)."""
     return f"DELETE FROM {quote_ident(table)}"
@@ -144,7 +170,7 @@ def position_select_sql() -> str:
 def key_indexes(table: str, columns: Sequence[str], key: Sequence[str]) -> tuple[int, ...]:
     """Positions of the key columns in a row image laid out as ``columns``.
 
-    Raises SinkError like ``create_table_sql``.
+    Empty for a keyless table.  Raises SinkError like ``create_table_sql``.
     """
     check_key(table, columns, key)
     return tuple(columns.index(column) for column in key)

@@ -102,8 +102,11 @@ must publish every operation of every captured table, unfiltered (no row filter,
 column list, not via the partition root), or the mirror would silently miss changes.
 A row is identified by its replica identity: the primary key (REPLICA IDENTITY DEFAULT),
 the identity index (USING INDEX), or under FULL the primary key, else the identity
-index, else all columns.  A table without one (DEFAULT and no primary key, or NOTHING)
-is refused: publishing it would make production's own UPDATEs and DELETEs fail.
+index.  A FULL table with neither is *keyless*: its key is published empty and mirrors
+keep its rows as a multiset (an update or delete changes one row equal to the before
+image), as PostgreSQL's own logical replication does.  A table without any identity
+(DEFAULT and no primary key, or NOTHING) is refused: publishing it would make
+production's own UPDATEs and DELETEs fail.
 
 Privileges
 ----------
@@ -394,11 +397,16 @@ def _table_info(row: tuple, columns: list[ColumnInfo], keys: dict[tuple[int, str
 
 def _choose_key(table: TableInfo, primary: tuple[str, ...] | None, identity_index: tuple[str, ...] | None
                 ) -> tuple[str, ...]:
-    """The columns that identify a row in the WAL.  Raises SourceError if there are none."""
+    """The columns that identify a row in the WAL; empty for a keyless REPLICA IDENTITY FULL table.
+
+    Raises SourceError when the WAL cannot identify rows at all.
+    """
     if table.identity == "i" and identity_index:
         return identity_index
     if table.identity == "f":
-        return primary or identity_index or tuple(table.column_names)
+        # No key at all: an empty key tells mirrors to keep the rows as a multiset.
+        # All columns as key would make them NOT NULL and refuse duplicate rows.
+        return primary or identity_index or ()
     if table.identity == "d" and primary:
         return primary
     reason = ("REPLICA IDENTITY NOTHING" if table.identity == "n"

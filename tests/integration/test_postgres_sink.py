@@ -350,6 +350,15 @@ def test_missing_column_is_named_and_rechecked_after_the_operator_adds_it(
     assert rows(db_url, name) == [(1, "a", 1, None), (2, "b", 2, "hello")]
 
 
+def test_a_column_added_while_the_sink_runs_is_found_without_a_failure(
+        sink: PostgresSink, db_url: str, orders: str, name: str) -> None:
+    sink.apply([tx("t1", changes(Op.INSERT, orders, ins(1, "a", "1")))], position(name, 1))
+    sql(db_url, f'ALTER TABLE public."{name}" ADD COLUMN note text')  # the README's procedure: mirror first
+    sink.apply([tx("t2", changes(Op.INSERT, orders, ins(2, "b", "2", "hi"), columns=["id", "name", "total", "note"]))],
+               position(name, 2))
+    assert rows(db_url, name) == [(1, "a", 1, None), (2, "b", 2, "hi")]
+
+
 def test_event_key_that_is_not_the_mirror_key_is_refused(sink: PostgresSink, orders: str) -> None:
     with pytest.raises(SinkError, match=r"key column 'name' does not match the mirror's primary key \(id\)"):
         sink.apply([tx("t1", changes(Op.INSERT, orders, ins(1, "a", "1"), key=["name"]))], position("x", 1))

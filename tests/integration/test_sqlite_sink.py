@@ -286,6 +286,17 @@ def test_missing_mirror_column_names_table_and_column(sink: SqliteSink, db_path:
     assert sink.read_position("shop", "m1") is None
 
 
+def test_a_column_added_while_the_sink_runs_is_found_without_a_failure(sink: SqliteSink, db_path: Path) -> None:
+    seed(sink, [1, "a", 10])  # the sink now knows the table's columns
+    operator = sqlite3.connect(db_path)
+    operator.execute('ALTER TABLE "orders" ADD COLUMN "colour"')  # the README's procedure: mirror first
+    operator.commit()
+    operator.close()
+    sink.apply([tx("t2", changes(Op.INSERT, ins(2, "b", 20, "red"), columns=["id", "name", "total", "colour"]))],
+               position(2))
+    assert rows(db_path) == [(1, "a", 10, None), (2, "b", 20, "red")]
+
+
 def test_added_column_is_picked_up_after_a_failed_call(sink: SqliteSink, db_path: Path) -> None:
     seed(sink, [1, "a", 10])
     wider = changes(Op.INSERT, ins(2, "b", 20, "red"), columns=["id", "name", "total", "colour"])
@@ -313,9 +324,9 @@ def test_malformed_row_image_is_a_sink_error(sink: SqliteSink, db_path: Path) ->
     assert tables(db_path) == {STATE_TABLE}
 
 
-def test_table_without_key_is_rejected(sink: SqliteSink) -> None:
-    with pytest.raises(SinkError, match="no key columns"):
-        sink.apply([tx("t1", TableChanges("main.logs", Op.INSERT, ["line"], [], [ins("x")]))], position(1))
+def test_table_without_key_is_kept_as_a_multiset(sink: SqliteSink, db_path: Path) -> None:
+    sink.apply([tx("t1", TableChanges("main.logs", Op.INSERT, ["n", "line"], [], [ins(1, "x"), ins(1, "x")]))], position(1))
+    assert rows(db_path, "logs") == [(1, "x"), (1, "x")]  # more in tests/integration/test_keyless_sinks.py
 
 
 # --- position -----------------------------------------------------------------------

@@ -14,7 +14,9 @@ from applier.sinks.postgres_sql import (
     create_stage_sql,
     create_state_table_sql,
     create_table_sql,
+    delete_one_sql,
     delete_sql,
+    insert_values_sql,
     layout,
     mirror_table_name,
     one_line,
@@ -22,6 +24,7 @@ from applier.sinks.postgres_sql import (
     position_upsert_sql,
     quote_ident,
     truncate_sql,
+    update_one_sql,
     upsert_select_sql,
     upsert_values_sql,
 )
@@ -111,7 +114,6 @@ def test_create_table_sql_from_a_definition() -> None:
     ("definition", "message"),
     [
         ({"columns": [], "key": ["id"]}, "no columns"),
-        ({"columns": [{"name": "id", "type": "int"}], "key": []}, "no key columns"),
         ({"columns": [{"name": "id", "type": "int"}], "key": ["other"]}, "'other'"),
         ({"columns": [{"name": "id", "type": "int; drop"}], "key": ["id"]}, "invalid type"),
     ],
@@ -179,9 +181,29 @@ def test_layout_refuses_a_mirror_table_without_key() -> None:
     assert 'ADD PRIMARY KEY ("id")' in info.value.hint
 
 
-def test_layout_refuses_events_without_key() -> None:
-    with pytest.raises(SinkError, match="no key columns"):
-        layout("public.orders", table(ID, NAME), ["id", "name"], [])
+def test_keyless_definition_creates_a_table_without_primary_key_and_nullable_columns() -> None:
+    definition = {"columns": [{"name": "tid", "type": "integer", "not_null": True},
+                              {"name": "filler", "type": "character(22)", "not_null": False}], "key": []}
+    assert create_table_sql("public", "pgbench_history", definition) == (
+        'CREATE TABLE "public"."pgbench_history" ("tid" integer NOT NULL, "filler" character(22))')
+
+
+def test_keyless_events_refuse_a_mirror_primary_key_and_accept_a_table_without() -> None:
+    with pytest.raises(SinkError, match=r"has primary key \(id, name\) but source table 'public.orders' has none") \
+            as info:
+        layout("public.orders", table(ID, NAME, keys=(("id", "name"),)), ["id", "name"], [])
+    assert "DROP NOT NULL" in info.value.hint
+    shape = layout("public.orders", table(ID, NAME, keys=(), pk=False), ["id", "name"], [])
+    assert shape.keyless and shape.update_columns == ("id", "name")
+
+
+def test_keyless_statements_change_one_row_matching_with_null_safe_typed_equality() -> None:
+    shape = layout("public.h", table(ID, NAME, keys=(), pk=False), ["id", "name"], [])
+    match = ('(tableoid, ctid) = (SELECT tableoid, ctid FROM t WHERE "id" IS NOT DISTINCT FROM %s::bigint '
+             'AND "name" IS NOT DISTINCT FROM %s::text LIMIT 1)')
+    assert delete_one_sql("t", shape) == f"DELETE FROM t WHERE {match}"
+    assert update_one_sql("t", shape) == f'UPDATE t SET "id" = %s, "name" = %s WHERE {match}'
+    assert insert_values_sql("t", shape) == 'INSERT INTO t ("id", "name") VALUES (%s, %s)'
 
 
 # --- statements ---------------------------------------------------------------------------

@@ -9,13 +9,16 @@ from applier.sinks.sqlite_sql import (
     CREATE_STATE_TABLE,
     STATE_TABLE,
     create_table_sql,
+    delete_one_sql,
     delete_sql,
+    insert_sql,
     key_indexes,
     mirror_table_name,
     position_select_sql,
     position_upsert_sql,
     quote_ident,
     truncate_sql,
+    update_one_sql,
     upsert_sql,
 )
 from funnel.errors import SinkError
@@ -79,11 +82,23 @@ def test_truncate_deletes_without_condition() -> None:
 
 
 @pytest.mark.parametrize("build", [create_table_sql, upsert_sql, key_indexes])
-def test_missing_key_is_rejected(build) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SinkError, match="no key columns"):
-        build("orders", ["id"], [])
+def test_a_key_column_missing_from_the_columns_is_rejected(build) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SinkError, match="key column 'id' is not among"):
         build("orders", ["name"], ["id"])
+
+
+def test_keyless_table_has_no_primary_key_and_is_never_upserted() -> None:
+    assert create_table_sql("h", ["a", "b"], []) == 'CREATE TABLE "h" ("a", "b")'
+    assert key_indexes("h", ["a", "b"], []) == ()
+    with pytest.raises(SinkError, match="no key columns"):
+        upsert_sql("h", ["a", "b"], [])
+
+
+def test_keyless_statements_change_one_row_matching_null_safely() -> None:
+    match = 'rowid = (SELECT rowid FROM "h" WHERE "a" IS ? AND "b" IS ? LIMIT 1)'
+    assert insert_sql("h", ["a", "b"]) == 'INSERT INTO "h" ("a", "b") VALUES (?, ?)'
+    assert delete_one_sql("h", ["a", "b"]) == f'DELETE FROM "h" WHERE {match}'
+    assert update_one_sql("h", ["a", "b"]) == f'UPDATE "h" SET "a" = ?, "b" = ? WHERE {match}'
 
 
 def test_delete_without_key_is_rejected_not_widened_to_all_rows() -> None:

@@ -76,3 +76,11 @@ def test_inverse_reverses_the_order_of_changes():
 def test_what_cannot_be_undone_is_refused(bad, message):
     with pytest.raises(UndoError, match=message):
         invert(bad)
+
+
+def test_a_keyless_row_of_nulls_can_be_undone_but_a_missing_image_cannot():
+    # Keyless tables always have full before images: a row of NULLs is a real row there.
+    nulls = TableChanges("main.log", Op.DELETE, COLS, [], [Row([None, None, None], None)])
+    assert invert(tx("t1", nulls)).changes[0].rows == [Row(None, [None, None, None])]
+    with pytest.raises(UndoError, match="before image"):
+        invert(tx("t2", TableChanges("main.log", Op.UPDATE, COLS, [], [Row(None, [1, "a", 1])])))

@@ -1,0 +1,191 @@
+"""Keyless tables on every sink: rows are a multiset, as PostgreSQL's logical replication keeps them.
+
+One suite, run against a SQLite file and a PostgreSQL database (batches through
+executemany, and through COPY).  A keyless table is what capture publishes for a
+REPLICA IDENTITY FULL table without key: events with an empty key.
+"""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from applier.sinks.postgres import PostgresSink
+from applier.sinks.sqlite import SqliteSink
+from applier.transaction import MirrorPosition, Transaction
+from applier.undo import invert
+from funnel.errors import SinkError
+from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value
+
+COLUMNS = ["a", "b", "r"]
+# pgbench_history-like: nullable columns, a real (compared as real), a padded char(n).
+DEFINITION = {"columns": [{"name": "a", "type": "integer", "not_null": False},
+                          {"name": "b", "type": "character(4)", "not_null": False},
+                          {"name": "r", "type": "real", "not_null": False}], "key": []}
+
+
+class Mirror:
+    """A sink under test and an independent reader of its table."""
+
+    def __init__(self, sink: Any, read: Any, execute: Any, table: str) -> None:
+        self.sink, self._read, self.execute, self.table = sink, read, execute, table
+        self.offset = 0
+
+    def apply(self, *transactions: Transaction) -> None:
+        self.offset += 1
+        self.sink.apply(list(transactions), MirrorPosition("f", "m", "f", 0, self.offset))
+
+    def rows(self) -> Counter:
+        return Counter(self._read(self.table))
+
+
+@pytest.fixture(scope="module")
+def pg_db(postgres_url: str) -> Iterator[str]:
+    name = f"tf_keyless_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres-executemany", "postgres-copy"])
+def mirror(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mirror]:
+    table = f"h_{uuid.uuid4().hex[:8]}"
+    if request.param == "sqlite":
+        path = tmp_path / "mirror.db"
+
+        def read(name: str) -> list[tuple]:
+            with sqlite3.connect(path) as conn:
+                return conn.execute(f'SELECT * FROM "{name}"').fetchall()
+
+        def execute(statement: str) -> None:
+            conn = sqlite3.connect(path)
+            conn.execute(statement)
+            conn.commit()
+            conn.close()
+
+        with SqliteSink(path) as sink:
+            yield Mirror(sink, read, execute, table)
+        return
+    url = request.getfixturevalue("pg_db")
+
+    def read_pg(name: str) -> list[tuple]:
+        with psycopg.connect(url) as conn:
+            return [tuple(row) for row in conn.execute(f'SELECT * FROM public."{name}"')]
+
+    def execute_pg(statement: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(statement)
+
+    definitions = {f"public.{table}": {"table": f"public.{table}", **DEFINITION}}
+    copy_min_rows = 1 if request.param == "postgres-copy" else 10**9
+    with PostgresSink(url, create_tables=True, table_definitions=lambda: definitions,
+                      copy_min_rows=copy_min_rows) as sink:
+        yield Mirror(sink, read_pg, execute_pg, table)
+
+
+def group(mirror: Mirror, op: Op, *rows: Row, columns: list[str] | None = None) -> TableChanges:
+    return TableChanges(f"public.{mirror.table}", op, columns or COLUMNS, [], list(rows))
+
+
+def tx(txid: str, *groups: TableChanges, kind: Kind = Kind.CHANGES) -> Transaction:
+    rows = sum(len(g.rows) for g in groups)
+    return Transaction(txid, 1, kind, 0, 0, [ChangeBatch("s", txid, 1, 1, 0, rows, kind, list(groups))])
+
+
+def ins(*values: Value) -> Row:
+    return Row(None, list(values))
+
+
+R = 0.1  # not exact as a real: matching must compare as real, not as the float8 parameter
+A, B, NULLS = (1, None, R), (2, "x   ", None), (None, None, None)
+
+
+def test_duplicates_and_nulls_are_kept_and_one_of_two_equal_rows_changes(mirror: Mirror) -> None:
+    mirror.apply(tx("t1", group(mirror, Op.SNAPSHOT, ins(*A), ins(*A), ins(*B)), kind=Kind.SNAPSHOT))
+    mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*A), ins(*NULLS), ins(*NULLS))))
+    real = mirror.rows()
+    stored_a = next(row for row in real if row[0] == 1)  # r as the mirror stores it
+    assert real == Counter({stored_a: 3, B: 1, NULLS: 2})
+    # one of three equal rows is updated, one of two all-NULL rows deleted, B updated to NULLs
+    mirror.apply(tx("t3", group(mirror, Op.UPDATE, Row(list(A), [1, "y   ", R]), Row(list(B), list(NULLS))),
+                    group(mirror, Op.DELETE, Row(list(NULLS), None))))
+    changed = next(row for row in mirror.rows() if row[1] == "y   ")
+    assert mirror.rows() == Counter({stored_a: 2, changed: 1, NULLS: 2})
+    mirror.apply(tx("t4", group(mirror, Op.DELETE, Row(list(A), None), Row(list(A), None), Row(list(NULLS), None))))
+    assert mirror.rows() == Counter({changed: 1, NULLS: 1})
+
+
+def test_undo_inverts_keyless_changes_exactly(mirror: Mirror) -> None:
+    mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A), ins(*B), ins(*NULLS))))
+    before = mirror.rows()
+    change = tx("t2", group(mirror, Op.INSERT, ins(*A), ins(*NULLS)),  # duplicates
+                group(mirror, Op.UPDATE, Row(list(A), [3, "z   ", None]), Row(list(NULLS), list(B))),
+                group(mirror, Op.DELETE, Row(list(B), None)))
+    mirror.apply(change)
+    assert sum(mirror.rows().values()) == 4 and mirror.rows() != before
+    mirror.apply(invert(change))
+    assert mirror.rows() == before
+
+
+def test_a_before_image_matching_no_row_stops_with_nothing_applied(mirror: Mirror) -> None:
+    mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A))))
+    with pytest.raises(SinkError, match=r"\(txid t2\): 1 keyless delete\(s\) found no row equal to the before"):
+        mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*B)), group(mirror, Op.DELETE, Row(list(A), None),
+                                                                      Row(list(A), None))))
+    assert sum(mirror.rows().values()) == 1
+
+
+def test_a_mirror_table_with_every_column_as_primary_key_is_refused(mirror: Mirror) -> None:
+    # What versions before keyless support created with --create-tables.
+    mirror.execute(f'CREATE TABLE "{mirror.table}" (a integer, b character(4), r real, PRIMARY KEY (a, b, r))')
+    with pytest.raises(SinkError, match=r"has primary key \(a, b, r\) but source table .* has none") as info:
+        mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A))))
+    assert "without primary key" in info.value.hint or "DROP CONSTRAINT" in info.value.hint
+
+
+def test_events_of_older_versions_with_every_column_as_key_apply_as_keyless(mirror: Mirror) -> None:
+    # A delayed mirror still holds them when capture is upgraded; its table has no key.
+    mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*B))))
+    legacy = [TableChanges(f"public.{mirror.table}", op, COLUMNS, COLUMNS, [row]) for op, row in
+              [(Op.INSERT, ins(*NULLS)), (Op.INSERT, ins(*NULLS)), (Op.UPDATE, Row(list(NULLS), list(B))),
+               (Op.DELETE, Row(list(B), None))]]
+    mirror.apply(tx("t2", *legacy))
+    assert mirror.rows() == Counter({B: 1, NULLS: 1})
+
+
+def test_a_column_added_to_the_mirror_while_running_is_found(mirror: Mirror) -> None:
+    mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A))))  # the sink now knows the table
+    mirror.execute(f'ALTER TABLE "{mirror.table}" ADD COLUMN note text')
+    wide = [*COLUMNS, "note"]
+    mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*B, "hello"), columns=wide)))
+    assert (2, "x   ", None, "hello") in mirror.rows()
+
+
+TYPED = {"i": ("integer", 7), "raw": ("bytea", b"\x00\xff"), "doc": ("json", '{"a": [1, 2]}'),
+         "docb": ("jsonb", '{"b": 1}'), "ts": ("timestamp with time zone", "2026-11-29 12:34:56+00"),
+         "num": ("numeric(12,4)", "1.2500"), "d": ("double precision", 0.25), "r": ("real", 0.1),
+         "words": ("text[]", '{x,"y z"}'), "spot": ("point", "(1,2)"), "flag": ("boolean", True),
+         "span": ("interval", "1 day 02:03:04"), "uid": ("uuid", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")}
+
+
+def test_postgres_matches_rows_of_every_type_as_capture_sends_them(pg_db: str) -> None:
+    table = f"typed_{uuid.uuid4().hex[:8]}"
+    definition = {"table": f"public.{table}", "key": [],
+                  "columns": [{"name": c, "type": t, "not_null": False} for c, (t, _) in TYPED.items()]}
+    columns, image = list(TYPED), [value for _, value in TYPED.values()]
+    with PostgresSink(pg_db, create_tables=True, table_definitions=lambda: {definition["table"]: definition}) as sink:
+        mirror = Mirror(sink, None, None, table)
+        mirror.apply(tx("t1", group(mirror, Op.INSERT, Row(None, image), Row(None, image), columns=columns)))
+        changed = [8, *image[1:]]
+        mirror.apply(tx("t2", group(mirror, Op.UPDATE, Row(image, changed), columns=columns)))
+        mirror.apply(tx("t3", group(mirror, Op.DELETE, Row(image, None), Row(changed, None), columns=columns)))
+    with psycopg.connect(pg_db) as conn:
+        assert conn.execute(f'SELECT count(*) FROM public."{table}"').fetchone()[0] == 0
