@@ -30,6 +30,11 @@ class SourceError(TimeFunnelError):
     """The production database cannot be captured as asked (unknown table, no key...)."""
 
 
+class SchemaChangedError(SourceError):
+    """A captured table changed shape, was dropped, or a new table appeared: capture stops
+    before it publishes anything the mirror would apply wrongly."""
+
+
 class SinkError(TimeFunnelError):
     """The mirror database cannot be written as asked."""
 

@@ -33,7 +33,7 @@ class Snapshot(Protocol):
 class Source(Protocol):
     """What the capture loop needs of a source adapter (SQLite, PostgreSQL)."""
 
-    def install(self) -> None: ...
+    def install(self, resuming: bool = False) -> None: ...
 
     def snapshot(self, chunk_rows: int = ...) -> Snapshot: ...
 
@@ -80,10 +80,14 @@ class Capture:
         self._closing = False
 
     def start(self) -> int:
-        """Install capture, find the resume position, make the initial copy if the funnel has none."""
-        self.source.install()
-        self._publish_table_definitions()
+        """Find the resume position, install capture, make the initial copy if the funnel has none.
+
+        The position comes first because a resumed capture must find the source as it was
+        installed (SchemaChangedError otherwise), while a new one installs afresh.
+        """
         position = self.publisher.start()
+        self.source.install(resuming=position is not None)
+        self._publish_table_definitions()
         if position is None:
             position = self._initial_copy()
         self.stats.position = position

@@ -4,8 +4,9 @@ Mapping source tables to mirror tables
 --------------------------------------
 A PostgreSQL mirror has schemas, so a source table keeps its schema: ``public.orders``
 is mirrored as ``"public"."orders"`` and ``sales.orders`` as ``"sales"."orders"``
-(a SQLite source's ``main.orders`` therefore lands in schema ``main``).  A name without
-a schema goes to ``public``.  Only the first dot separates the schema.  Identifiers are
+(a SQLite source names a table ``main.<name>`` only when its name holds a dot, so it
+lands in schema ``main``).  A name without a schema goes to ``public``.  Only the first
+dot separates the schema (``funnel.tablenames``).  Identifiers are
 always double-quoted, so case, keywords and spaces survive.
 
 Mapping event columns to mirror columns
@@ -40,8 +41,7 @@ from typing import Any
 from applier.sinks.base import check_key, is_keyless
 from applier.sinks.state import STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
-
-DEFAULT_SCHEMA = "public"
+from funnel.tablenames import postgres_mirror_name
 
 # The state table has the SQLite sink's columns (``STATE_COLUMNS``, values from
 # ``applier.sinks.state``), with PostgreSQL types.  The whole state (position, hold,
@@ -160,9 +160,7 @@ def mirror_table_name(source_table: str) -> tuple[str, str]:
 
     Raises SinkError for an empty name part or the state table's name.
     """
-    schema, dot, table = source_table.partition(".")
-    if not dot:
-        schema, table = DEFAULT_SCHEMA, source_table
+    schema, table = postgres_mirror_name(source_table)
     if not schema or not table or table == STATE_TABLE:
         raise SinkError(f"source table {source_table!r} cannot be mirrored as {schema}.{table}")
     return schema, table

@@ -3,16 +3,9 @@
 Mapping source tables to mirror tables
 --------------------------------------
 SQLite has one namespace per database file (``main``), so schema-qualified source names
-must become plain table names:
-
-* ``main.orders`` (SQLite sources) and ``public.orders`` (PostgreSQL's default schema)
-  become ``orders``: that is the name the application queries, and keeping it makes a
-  promoted mirror usable by the same SQL.
-* Any other schema keeps its name as a prefix joined by an underscore:
-  ``sales.orders`` becomes ``sales_orders``.  The operator must not have a source table
-  literally called ``sales_orders`` next to ``sales.orders``; both would map to one
-  mirror table.
-* Names without a schema stay as they are.  Only the first dot separates the schema.
+become plain table names as ``funnel.tablenames`` describes: ``main.orders`` and
+``public.orders`` become ``orders``, ``sales.orders`` becomes ``sales_orders``.  Capture
+refuses tables that would share a mirror table (``funnel.tablenames.check_distinct``).
 
 Identifiers are always double-quoted (embedded quotes doubled), so any source name that
 SQLite can store is safe, including keywords and names with spaces.
@@ -24,10 +17,7 @@ from collections.abc import Sequence
 from applier.sinks.base import check_key
 from applier.sinks.state import STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
-
-# Schemas that are the database's default namespace on their source: dropped.
-DEFAULT_SCHEMAS = frozenset({"main", "public"})
-
+from funnel.tablenames import sqlite_mirror_name
 
 # The whole state (position, hold, promotion) is written by every apply, in the same
 # database transaction as the rows: a promotion is recorded atomically with its last rows.
@@ -54,13 +44,7 @@ def mirror_table_name(source_table: str) -> str:
 
     Raises SinkError for a name that cannot be a mirror table (empty, or the state table).
     """
-    schema, dot, table = source_table.partition(".")
-    if not dot:
-        name = source_table
-    elif schema in DEFAULT_SCHEMAS:
-        name = table
-    else:
-        name = f"{schema}_{table}"
+    name = sqlite_mirror_name(source_table)
     if not name or name.lower() == STATE_TABLE:
         raise SinkError(f"source table {source_table!r} cannot be mirrored as SQLite table {name!r}")
     return name

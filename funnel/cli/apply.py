@@ -36,6 +36,7 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     from funnel.control import ControlChannel
     from funnel.errors import ConfigError
     from funnel.timeparse import format_duration
+    from producer.sources.marks import refuse_capture_source
 
     setup_logging(verbose)
     kafka = kafka_settings(bootstrap, settings)
@@ -45,6 +46,7 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     if delay is not None and delay >= info.retention_s:
         raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s retention "
                           f"{format_duration(info.retention_s)}: events would expire before they are due")
+    refuse_capture_source(sink_url, funnel_name)  # before the sink creates its file or state table
     new_file = _new_sqlite_file(sink_url)
     sink = open_sink(sink_url, create_tables=create_tables,
                      table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())

@@ -23,6 +23,7 @@ from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.topic import FunnelAdmin
 from funnel.urls import without_password
+from producer.sources.marks import refuse_capture_source
 
 WAIT_TIMEOUT_S = 3600.0
 
@@ -71,6 +72,8 @@ class MirrorHandle:
 def find_mirror(kafka: KafkaSettings, funnel: str, mirror: str, sink_url: str | None) -> MirrorHandle:
     FunnelAdmin(kafka).describe(funnel)
     handle = MirrorHandle(kafka, funnel, mirror, ControlChannel(kafka, funnel).read_all(), sink_url)
+    if sink_url and not handle.running:
+        refuse_capture_source(sink_url, funnel)  # the CLI is about to open the sink and write to it
     if not handle.running and not sink_url:
         if handle.status is None:
             raise TimeFunnelError(f"unknown mirror {mirror!r} on funnel {funnel!r}",

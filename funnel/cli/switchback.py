@@ -61,7 +61,7 @@ def _remove_sqlite_capture(url: str) -> list[str]:
     """Drops the capture's triggers and bookkeeping tables (``producer.sources.sqlite``), in one transaction."""
     from applier.switchback.state import SwitchbackError
     from funnel.urls import sqlite_path
-    from producer.sources.sqlite import CHANGELOG, GROUPS, LAYOUTS, PREFIX, quote_ident
+    from producer.sources.sqlite import CAPTURED, CHANGELOG, GROUPS, LAYOUTS, PREFIX, quote_ident
 
     path = sqlite_path(url)
     if not Path(path).is_file():
@@ -76,7 +76,7 @@ def _remove_sqlite_capture(url: str) -> list[str]:
                 conn.execute(f"DROP TRIGGER {quote_ident(name)}")
             if triggers:
                 removed.append(f"{len(triggers)} capture triggers")
-            for table in (CHANGELOG, GROUPS, LAYOUTS):
+            for table in (CHANGELOG, GROUPS, LAYOUTS, CAPTURED):
                 if ("table", table) in objects:
                     conn.execute(f"DROP TABLE {quote_ident(table)}")
                     removed.append(table)

@@ -148,6 +148,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
+from funnel.tablenames import check_distinct
 from funnel.urls import masked_password
 from producer.sources.base import SourceTransaction
 from producer.sources.pgoutput import (
@@ -469,6 +470,7 @@ class PostgresSource:
                 _check_server(self._conn)
                 oids = _table_oids(self._conn, tables, schemas)
                 self._tables = inspect_tables(self._conn, oids, replica_identity_full)
+                check_distinct(self.tables, f"database {_database(self._conn)}")
                 self._check_privileges()
                 self._check_slot()
                 self._check_publication()
@@ -488,9 +490,12 @@ class PostgresSource:
         """The captured tables, schema-qualified."""
         return [table.qualified for table in self._tables]
 
-    def install(self) -> None:
+    def install(self, resuming: bool = False) -> None:
         """Sets REPLICA IDENTITY FULL if asked and creates or widens our publication, in one
-        transaction; idempotent.  Raises SourceError if the server refuses."""
+        transaction; idempotent.  Raises SourceError if the server refuses.
+
+        ``resuming`` is not checked here: pgoutput describes every relation's columns in
+        the stream itself (see "Limits" for tables added to an existing funnel)."""
         try:
             with self._conn.transaction():
                 if self._replica_identity_full:

@@ -32,8 +32,14 @@ Known limits (the application's SQLite decides these, not us)
   sees only the insert (fine for a conflict on the primary key, which the sink upserts;
   a row removed for a conflict on another UNIQUE index is missed).
 - Generated columns are not captured: the mirror computes them itself.
-- A column added while capture runs is not captured until ``install()`` runs again
-  (``snapshot()`` refuses until then); rows already captured keep their old layout.
+- Schema changes are not followed: the triggers keep recording the columns they were
+  made for.  ``seal()`` therefore checks ``PRAGMA schema_version`` under its write lock
+  and raises SchemaChangedError, sealing nothing, once a captured table changed its
+  columns or key, lost its triggers or was dropped, or a new table appeared (capturing
+  every table); ``install(resuming=True)`` refuses the same against the ``captured``
+  record.  Only ``install()`` for a new funnel follows the new schema; rows already in
+  the changelog keep the layout they were written with.
+- A table whose name holds a dot is ``main.<name>`` in events (``funnel.tablenames``).
 - Every captured row write also writes a changelog row: bulk inserts in WAL mode ran
   at about half their speed (424k -> 230k rows/s at 100 rows per commit).
 - The changelog has ``2 * columns`` value columns of the widest captured table, so a
@@ -51,13 +57,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from funnel.errors import ConfigError, SourceError
+from funnel.errors import ConfigError, SchemaChangedError, SourceError
 from funnel.events import Op, Row, TableChanges
+from funnel.tablenames import check_distinct, sqlite_event_name
 from producer.sources.base import SourceTransaction
 
 CHANGELOG = "_timefunnel_changelog"
 GROUPS = "_timefunnel_groups"
 LAYOUTS = "_timefunnel_layouts"
+CAPTURED = "_timefunnel_captured"  # the captured tables and their layouts, as installed
 PREFIX = "_timefunnel_"
 _BASE_COLUMNS = 4  # seq, tbl, op, layout: the value columns v0.. follow
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
@@ -88,10 +96,19 @@ class Layout:
     rowid: bool = False  # keyed by the implicit rowid (opt-in, see ``SqliteSource``)
 
     @property
+    def event_table(self) -> str:
+        """The table's name in events (``funnel.tablenames``): ``main.a.b`` for ``"a.b"``."""
+        return sqlite_event_name(self.table)
+
+    @property
     def id(self) -> str:
-        """Stable name of this layout: a change of columns or key gives a new id."""
-        text = json.dumps(["v1", self.table, self.columns, self.key, self.rowid])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """Stable name of this layout: a change of columns, key or event name gives a new id."""
+        fields: list = ["v1", self.table, self.columns, self.key, self.rowid]
+        if self.event_table != self.table:
+            # Events named dotted tables without ``main.`` before: a new id makes a capture
+            # installed then refuse to resume instead of splitting the table on the mirror.
+            fields.append(self.event_table)
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
     @property
     def width(self) -> int:
@@ -141,6 +158,7 @@ class SqliteSource:
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._layout_cache: dict[str, Layout] = {}
+        self._schema_version: int | None = None  # PRAGMA schema_version when last checked
         self._conn = self._connect()
         try:
             self._captured = self._inspect(self._conn)
@@ -155,20 +173,29 @@ class SqliteSource:
         """The captured tables, as the database spells them."""
         return [layout.table for layout in self._captured]
 
-    def install(self) -> None:
-        """Creates the changelog, groups and layouts tables and the triggers; idempotent.
+    def install(self, resuming: bool = False) -> None:
+        """Creates the changelog, groups, layouts and captured tables and the triggers; idempotent.
 
-        Triggers whose table changed shape (or that belong to tables no longer captured)
-        are replaced or dropped.  Everything happens in one write transaction, so the
-        application never sees a half-installed capture.
-        Raises SourceError if a table no longer qualifies (nothing is changed then) or
-        the file stays locked longer than busy_timeout_s.
+        Without ``resuming`` (a new funnel: the initial copy follows), triggers whose
+        table changed shape, or that belong to tables no longer captured, are replaced
+        or dropped.  With ``resuming`` (the funnel already holds this source's events),
+        the capture must go on exactly as it was installed: changelog rows written since
+        a schema change carry the old columns, and tables that are new to the capture
+        have rows the mirror never got.  Everything happens in one write transaction, so
+        the application never sees a half-installed capture.
+        Raises SchemaChangedError when resuming after a captured table changed its
+        columns or key, lost its triggers or was dropped, or a table to capture is new;
+        SourceError if a table no longer qualifies, or the file stays locked longer than
+        busy_timeout_s.  Nothing is changed then.
         """
         with self._write_tx() as conn:
             self._captured = self._inspect(conn)
+            if resuming:
+                self._check_unchanged(conn, self._installed(conn), "since its capture was installed")
             self._create_bookkeeping(conn)
             self._widen_changelog(conn, 2 * max(layout.width for layout in self._captured))
             self._sync_triggers(conn)
+            self._schema_version = _schema_version(conn)
 
     def seal(self) -> int | None:
         """Closes the changes committed so far into a new group; returns its gid, or None.
@@ -176,8 +203,11 @@ class SqliteSource:
         None means no change arrived since the last group.  SQLite's locks are not fair:
         against an application that writes back to back without a gap, this waits for
         a gap, up to busy_timeout_s.
-        Raises SourceError if capture is not installed or the file stays locked longer
-        than busy_timeout_s.
+        Raises SchemaChangedError if a captured table changed its columns or key, lost its
+        triggers or was dropped, or a table to capture appeared, since ``install()``:
+        nothing is sealed then, so no change written after the schema change is ever
+        read.  Raises SourceError if capture is not installed or the file stays locked
+        longer than busy_timeout_s.
         """
         # Why a group never splits an application transaction: SQLite has one writer at
         # a time, and BEGIN IMMEDIATE makes this bookkeeping a writer.  While we hold the
@@ -188,6 +218,9 @@ class SqliteSource:
             last = conn.execute(
                 f"SELECT upto_seq, sealed_at_us FROM {GROUPS} ORDER BY gid DESC LIMIT 1"
             ).fetchone()
+            # Checked under the write lock, so no DDL can slip in between the check and
+            # the seal: every sealed group was written with the columns we captured.
+            self._check_schema(conn)
             top = conn.execute(f"SELECT max(seq) FROM {CHANGELOG}").fetchone()[0]
             if top is None or (last is not None and top <= last[0]):
                 return None
@@ -252,8 +285,8 @@ class SqliteSource:
         journal mode the application's commits wait for the whole copy and fail once
         their busy timeout runs out: snapshot a rollback-journal database in a quiet
         period, or switch it to WAL.  Do not call ``seal`` while a copy is open there.
-        Raises ConfigError for chunk_rows < 1 and SourceError if capture is not installed
-        or a table changed shape since ``install()``.
+        Raises ConfigError for chunk_rows < 1, SchemaChangedError if a table changed
+        shape since ``install()`` and SourceError if capture is not installed.
         """
         if chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be at least 1, not {chunk_rows}")
@@ -262,7 +295,8 @@ class SqliteSource:
         try:
             conn.execute("BEGIN")
             position = self._snapshot_position(conn)  # first read: pins the snapshot
-            self._check_installed(conn)
+            self._check_unchanged(conn, self._captured, "since install()",
+                                  hint="run the capture again: nothing of this copy was published")
         except BaseException:
             conn.close()
             raise
@@ -343,7 +377,8 @@ class SqliteSource:
             names = names if names is not None else self._requested
             if names is None:
                 names = sorted(n for n, k in kinds.items() if k == "table" and not _internal(n))
-            layouts = [self._layout(conn, kinds, name) for name in dict.fromkeys(names)]
+            # dict.fromkeys: "Orders" and "orders" name one table, captured once
+            layouts = list(dict.fromkeys(self._layout(conn, kinds, name) for name in names))
         except sqlite3.Error as exc:
             raise _wrap(exc, self.path, self._busy_timeout_s) from exc
         if not layouts:
@@ -351,6 +386,7 @@ class SqliteSource:
                 f"no tables to capture in {self.path}",
                 hint="create the application's tables first, or name the tables to capture",
             )
+        check_distinct([layout.event_table for layout in layouts], self.path)
         return layouts
 
     def _layout(self, conn: sqlite3.Connection, kinds: dict[str, str], name: str) -> Layout:
@@ -406,6 +442,9 @@ class SqliteSource:
             f"CREATE TABLE IF NOT EXISTS {LAYOUTS}(layout TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
             "columns TEXT NOT NULL, key TEXT NOT NULL, rowid INTEGER NOT NULL)"
         )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {CAPTURED}(tbl TEXT PRIMARY KEY, layout TEXT NOT NULL)"
+        )
 
     def _widen_changelog(self, conn: sqlite3.Connection, needed: int) -> None:
         """Adds untyped value columns until the changelog has ``needed`` of them."""
@@ -434,6 +473,13 @@ class SqliteSource:
             conn.execute(f"DROP TRIGGER {quote_ident(name)}")
         for name in wanted.keys() - existing:
             conn.execute(wanted[name])
+        # What a resumed capture compares the schema with: unlike the triggers, this
+        # record still names a table after it was dropped.
+        conn.execute(f"DELETE FROM {CAPTURED}")
+        conn.executemany(
+            f"INSERT INTO {CAPTURED}(tbl, layout) VALUES (?, ?)",
+            [(layout.table, layout.id) for layout in self._captured],
+        )
 
     # -- reading ----------------------------------------------------------------------
 
@@ -458,7 +504,7 @@ class SqliteSource:
             if (row[3], op) != last_key:
                 last_key = (row[3], op)
                 layout = self._layout_cache.get(row[3]) or self._load_layout(conn, row[3])
-                batch = TableChanges(layout.table, _OPS[op], list(layout.columns), list(layout.key))
+                batch = TableChanges(layout.event_table, _OPS[op], list(layout.columns), list(layout.key))
                 changes.append(batch)
                 append = batch.rows.append
                 end, after_end = start + layout.width, start + 2 * layout.width
@@ -498,21 +544,83 @@ class SqliteSource:
             raise _wrap(exc, self.path, self._busy_timeout_s) from exc
         return int(row[0])
 
-    def _check_installed(self, conn: sqlite3.Connection) -> None:
-        """Inside the snapshot's transaction: every table still has the shape we installed
-        triggers for, so every change after the snapshot point is captured as we expect.
-        Raises SourceError naming the table otherwise."""
-        current = self._inspect(conn, self.tables)
+    # -- schema changes -------------------------------------------------------------------
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        """Inside a transaction: raises SchemaChangedError if the captured tables are no
+        longer what ``install()`` made triggers for.  Costs one PRAGMA while no DDL ran."""
+        version = _schema_version(conn)
+        if version == self._schema_version:
+            return
+        self._check_unchanged(conn, self._captured, "while capture ran")
+        self._schema_version = version  # an index, another's trigger: nothing we capture
+
+    def _check_unchanged(
+        self, conn: sqlite3.Connection, installed: list[Layout], when: str, hint: str | None = None
+    ) -> None:
+        """Raises SchemaChangedError listing every difference from ``installed``."""
+        problems = self._drift(conn, installed)
+        if problems:
+            raise SchemaChangedError(
+                f"the schema of {self.path} changed {when}: {'; '.join(problems)}; "
+                "capture stopped before publishing any change made after that",
+                hint=hint or _REINITIALISE,
+            )
+
+    def _drift(self, conn: sqlite3.Connection, installed: list[Layout]) -> list[str]:
+        """What no longer matches ``installed`` (the layouts our triggers were made for),
+        one phrase per table: changed, dropped, without triggers, or new to the capture."""
+        kinds = _table_kinds(conn)
         triggers = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
         }
-        for installed, now in zip(self._captured, current):  # same names, same order
-            if installed != now or not set(installed.trigger_names().values()) <= triggers:
-                raise SourceError(
-                    f'capture of table "{installed.table}" in {self.path} is not installed '
-                    "for its current columns",
-                    hint="call install() again, then take the snapshot",
-                )
+        problems = [
+            problem
+            for layout in installed
+            if (problem := self._table_drift(conn, kinds, triggers, layout)) is not None
+        ]
+        known = {layout.table.lower() for layout in installed}
+        wanted = self._requested
+        if wanted is None:
+            wanted = [name for name, kind in kinds.items() if kind == "table" and not _internal(name)]
+        problems += [
+            f'table "{name}" is new to the capture' for name in sorted(wanted) if name.lower() not in known
+        ]
+        return problems
+
+    def _table_drift(
+        self, conn: sqlite3.Connection, kinds: dict[str, str], triggers: set[str], layout: Layout
+    ) -> str | None:
+        table = {name.lower(): name for name in kinds}.get(layout.table.lower())
+        if table is None or kinds[table] != "table":
+            return f'table "{layout.table}" was dropped or renamed'
+        try:
+            now = self._layout(conn, kinds, table)
+        except SourceError as exc:  # lost its key in a rebuild, say
+            return str(exc)
+        if now != layout:
+            return _describe_change(layout, now)
+        if not set(layout.trigger_names().values()) <= triggers:
+            return (f'the capture triggers of table "{layout.table}" are missing or were made for '
+                    "another layout (was the table re-created, or installed by an older timefunnel?)")
+        return None
+
+    def _installed(self, conn: sqlite3.Connection) -> list[Layout]:
+        """The layouts the capture was installed with, as the database records them.
+
+        A database installed before the ``captured`` record existed names them only in its
+        triggers' names (``_timefunnel_<op>_<layout id>``); a table dropped since is then
+        not noticed.  Raises SourceError for a layout id that ``layouts`` does not know.
+        """
+        if _has_table(conn, CAPTURED):
+            ids = [row[0] for row in conn.execute(f"SELECT layout FROM {CAPTURED} ORDER BY tbl")]
+        else:
+            ids = sorted({
+                row[0].rsplit("_", 1)[1]
+                for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+                if row[0].startswith(PREFIX)
+            })
+        return [self._layout_cache.get(i) or self._load_layout(conn, i) for i in ids]
 
 
 class Snapshot:
@@ -558,13 +666,13 @@ class Snapshot:
             while rows := cursor.fetchmany(self._chunk_rows):
                 empty = False
                 yield TableChanges(
-                    layout.table, Op.SNAPSHOT, list(layout.columns), list(layout.key),
+                    layout.event_table, Op.SNAPSHOT, list(layout.columns), list(layout.key),
                     [Row(None, list(values)) for values in rows],
                 )
             if empty:
                 # An empty table is announced all the same, so that mirrors create it:
                 # after a takeover, applications expect every table to exist.
-                yield TableChanges(layout.table, Op.SNAPSHOT, list(layout.columns), list(layout.key), [])
+                yield TableChanges(layout.event_table, Op.SNAPSHOT, list(layout.columns), list(layout.key), [])
         except sqlite3.Error as exc:
             raise SourceError(
                 f'cannot read table "{layout.table}" of {self._path} for the snapshot: {exc}'
@@ -597,6 +705,34 @@ def _trigger_sql(layout: Layout, op: str, name: str) -> str:
         f"BEGIN INSERT INTO {CHANGELOG}(tbl, op, layout, {targets}) VALUES ("
         f"{quote_text(layout.table)}, '{op}', '{layout.id}', {', '.join(values)}); END"
     )
+
+
+_REINITIALISE = (
+    "schema changes do not travel through the funnel yet, so re-initialise: capture into a new "
+    "funnel (`funnel create NEW`, then `funnel capture ... --funnel NEW`) and apply it to a new, "
+    "empty mirror; the old mirror stays valid up to the change"
+)
+
+
+def _describe_change(old: Layout, new: Layout) -> str:
+    """One phrase saying how a captured table's layout changed."""
+    if old.table != new.table:
+        return f'table "{old.table}" was renamed to "{new.table}"'
+    if old.columns != new.columns:
+        return (f'table "{old.table}" changed its columns from ({", ".join(old.columns)}) '
+                f'to ({", ".join(new.columns)})')
+    return f'table "{old.table}" changed its key from ({", ".join(old.key)}) to ({", ".join(new.key)})'
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    """SQLite's schema cookie: it changes with every committed DDL statement."""
+    return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone() is not None
 
 
 def _table_kinds(conn: sqlite3.Connection) -> dict[str, str]:

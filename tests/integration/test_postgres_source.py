@@ -462,6 +462,18 @@ def test_a_table_without_key_is_refused_before_anything_is_created(db, sources):
     assert [c["not_null"] for c in loose["columns"]] == [False, False]
 
 
+def test_tables_a_sqlite_mirror_would_merge_are_refused_naming_both(db, sources):
+    run(db, "CREATE SCHEMA sales", "CREATE TABLE sales.orders (id int PRIMARY KEY)",
+        "CREATE TABLE public.sales_orders (id int PRIMARY KEY)", 'CREATE TABLE public."Items" (id int PRIMARY KEY)',
+        "CREATE TABLE public.items (id int PRIMARY KEY)")
+    with pytest.raises(SourceError, match=r'"public.sales_orders" and "sales.orders" .* SQLite table "sales_orders"'):
+        open_pg(sources, db, ["public.sales_orders", "sales.orders"])
+    with pytest.raises(SourceError, match=r'"public.Items" and "public.items"'):
+        open_pg(sources, db, ['public."Items"', "public.items"])
+    assert created_objects(db) == (0, 0)
+    open_pg(sources, db, ["sales.orders", "public.items"]).install()  # one of each pair is fine
+
+
 def test_a_role_without_replication_is_refused(db, sources, postgres_url):
     role = f"tf_norepl_{uuid.uuid4().hex[:6]}"
     run(db, "CREATE TABLE t (id int PRIMARY KEY)", f"CREATE ROLE {role} LOGIN", f"GRANT SELECT ON t TO {role}")
