@@ -608,7 +608,7 @@ def _add_epoch_column(conn: psycopg.Connection) -> None:
     found = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
                          "AND NOT attisdropped", (STATE_TABLE, EPOCH_COLUMN)).fetchone()
     if found is None:
-        conn.execute(add_epoch_column_sql("bigint"))
+        conn.execute(add_epoch_column_sql("bigint", if_not_exists=True))
 
 
 def _find_definition(definitions: dict[str, dict[str, Any]], source: str) -> dict[str, Any] | None:

@@ -367,6 +367,14 @@ def _op_name(op: object) -> str:
 
 def _add_epoch_column(conn: sqlite3.Connection) -> None:
     """Migrates a state table made before fencing, in place (a no-op on a new one)."""
-    columns = {name for (name,) in conn.execute(f"SELECT name FROM pragma_table_info('{STATE_TABLE}')")}
-    if EPOCH_COLUMN not in columns:
+    def has_epoch() -> bool:
+        columns = {name for (name,) in conn.execute(f"SELECT name FROM pragma_table_info('{STATE_TABLE}')")}
+        return EPOCH_COLUMN in columns
+
+    if has_epoch():
+        return
+    try:
         conn.execute(add_epoch_column_sql("INTEGER"))
+    except sqlite3.OperationalError:
+        if not has_epoch():  # else another applier starting at the same moment migrated it
+            raise

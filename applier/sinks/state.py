@@ -44,9 +44,13 @@ def state_select_sql(placeholder: str) -> str:
             f"WHERE funnel = {placeholder} AND mirror = {placeholder}")
 
 
-def add_epoch_column_sql(integer_type: str) -> str:
-    """In-place migration of a state table made before fencing (its rows get epoch 0)."""
-    return f"ALTER TABLE {STATE_TABLE} ADD COLUMN {EPOCH_COLUMN} {integer_type} NOT NULL DEFAULT 0"
+def add_epoch_column_sql(integer_type: str, if_not_exists: bool = False) -> str:
+    """In-place migration of a state table made before fencing (its rows get epoch 0).
+
+    ``if_not_exists`` (PostgreSQL) lets two appliers starting at once both migrate.
+    """
+    guard = "IF NOT EXISTS " if if_not_exists else ""
+    return f"ALTER TABLE {STATE_TABLE} ADD COLUMN {guard}{EPOCH_COLUMN} {integer_type} NOT NULL DEFAULT 0"
 
 
 def position_to_row(position: MirrorPosition) -> tuple[Any, ...]:
