@@ -182,45 +182,79 @@ def publish_items(funnel: str, bootstrap: str, first: int, last: int) -> None:
 class Reader(threading.Thread):
     """Reads the mirror as an application would, all the time, and records every state it saw."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, read: Callable[[], tuple | None]) -> None:
         super().__init__(daemon=True)
-        self.path = path
+        self.read = read
         self.stop = threading.Event()
         self.offsets: list[int] = []
+        self.items = 0
         self.bad: list[tuple] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.read_once()
-            except sqlite3.OperationalError:
-                pass  # tables not created yet
+                seen = self.read()
+            except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+                seen = None  # tables not created yet
+            if seen is not None:
+                offset, counter, count, largest = seen
+                self.offsets.append(offset)
+                self.items = count
+                if not (counter is not None and counter == count == largest):
+                    self.bad.append(seen)
             time.sleep(0.01)
 
-    def read_once(self) -> None:
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+
+# One snapshot for all three reads: what an application sees at one moment.
+STATE_READS = ("SELECT next_offset FROM _timefunnel_state WHERE mirror = 'm1'",
+               "SELECT count(*), max(id) FROM items", "SELECT n FROM counter WHERE id = 1")
+
+
+def sqlite_reader(path: Path) -> Callable[[], tuple | None]:
+    def read() -> tuple | None:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            conn.execute("BEGIN")  # one snapshot for all three reads
-            offset = conn.execute("SELECT next_offset FROM _timefunnel_state WHERE mirror = 'm1'").fetchone()
-            count, largest = conn.execute("SELECT count(*), max(id) FROM items").fetchone()
-            counter = conn.execute("SELECT n FROM counter WHERE id = 1").fetchone()
+            conn.execute("BEGIN")
+            return _one_state([conn.execute(q).fetchone() for q in STATE_READS])
         finally:
             conn.close()
-        if offset is None:
-            return
-        self.offsets.append(offset[0])
-        if not (counter is not None and counter[0] == count == largest):
-            self.bad.append((offset[0], counter, count, largest))
+    return read
+
+
+def postgres_reader(url: str) -> Callable[[], tuple | None]:
+    def read() -> tuple | None:
+        with psycopg.connect(url) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return _one_state([conn.execute(q).fetchone() for q in STATE_READS])
+    return read
+
+
+def _one_state(found: list) -> tuple | None:
+    offset, (count, largest), counter = found
+    return None if offset is None else (offset[0], counter[0] if counter else None, count, largest)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def paused_mirror(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callable[[], tuple | None]]:
+    """(sink URL, reader) of an empty mirror database."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'mirror.db'}", sqlite_reader(tmp_path / "mirror.db")
+    url = request.getfixturevalue("pg_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS _timefunnel_state, items, counter")
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
+        conn.execute("CREATE TABLE counter (id bigint PRIMARY KEY, n bigint)")
+    return url, postgres_reader(url)
 
 
 def test_a_paused_applier_resumed_after_a_newer_one_took_over_stops_fenced(bootstrap, funnel_name, procs,
-                                                                          tmp_path):
-    mirror = tmp_path / "mirror.db"
+                                                                          tmp_path, paused_mirror):
+    url, read = paused_mirror
     published_at = time.monotonic()
     publish_items(funnel_name, bootstrap, 1, 10)
 
     def apply(delay: str) -> Background:
-        proc = Background(bootstrap, tmp_path / f"apply-{len(procs)}.log", "apply", f"sqlite://{mirror}",
+        proc = Background(bootstrap, tmp_path / f"apply-{len(procs)}.log", "apply", url,
                           "--funnel", funnel_name, "--mirror", "m1", "--delay", delay)
         procs.append(proc)
         return proc
@@ -232,19 +266,21 @@ def test_a_paused_applier_resumed_after_a_newer_one_took_over_stops_fenced(boots
     a = apply("12s")  # holds the ten transactions: not due for a while
     wait_for(lambda: held_by_a() == 10, 60, 0.3, "applier A to hold the ten transactions")
     a.process.send_signal(signal.SIGSTOP)
-    reader = Reader(mirror)
+    reader = Reader(read)
     reader.start()
     try:
         b = apply("0s")  # a rollout's second pod, or an operator's restart: it takes the mirror over
-        wait_for(lambda: reader.offsets and max(reader.offsets) > 0, 60, 0.2, "applier B to apply")
+        wait_for(lambda: reader.items == 10, 60, 0.2, "applier B to apply")
         publish_items(funnel_name, bootstrap, 11, 15)
-        wait_for(lambda: reader.bad or (reader.offsets and _items(mirror) == 15), 60, 0.2, "B to apply 15 items")
+        wait_for(lambda: reader.items == 15, 60, 0.2, "B to apply 15 items")
         # A's ten transactions are due by now: on SIGCONT its first act would be to write them,
         # with the position after the tenth, over B's newer state.
         time.sleep(max(0.0, 12.5 - (time.monotonic() - published_at)))
         a.process.send_signal(signal.SIGCONT)
         assert a.process.wait(60) == 1
         time.sleep(1.0)  # let the reader look at the mirror after A has gone
+        publish_items(funnel_name, bootstrap, 16, 16)  # B still follows
+        wait_for(lambda: reader.items == 16, 60, 0.2, "B to go on applying")
     finally:
         reader.stop.set()
         reader.join(10)
@@ -253,16 +289,3 @@ def test_a_paused_applier_resumed_after_a_newer_one_took_over_stops_fenced(boots
     assert b.alive(), b.output()
     assert reader.bad == [], reader.bad[:5]
     assert reader.offsets == sorted(reader.offsets), "the mirror's position went backwards"
-    assert _items(mirror) == 15
-    publish_items(funnel_name, bootstrap, 16, 16)  # B still follows
-    wait_for(lambda: _items(mirror) == 16, 60, 0.2, "B to go on applying")
-
-
-def _items(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute("SELECT count(*) FROM items").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
