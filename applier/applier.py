@@ -152,22 +152,26 @@ class Applier:
     def start(self) -> None:
         """Read the position and the delay, check nothing expired, and start consuming.
 
-        The mirror's state row is claimed first (``Sink.claim``): from then on any
-        applier of this mirror that started earlier is fenced, and the position is read
-        after the claim, so nothing an earlier applier wrote is missed.  A mirror without
-        a position starts where ``applier.startpoint`` says.
+        The mirror's state row is claimed (``Sink.claim``) once the delay and the funnel
+        are known to be there, so a start that fails on them does not stop the applier
+        that runs: from the claim on, any applier of this mirror that started earlier is
+        fenced, and the position is read after the claim, so nothing an earlier applier
+        wrote is missed.  A mirror without a position starts where ``applier.startpoint``
+        says.
 
         Raises EventsExpiredError when the funnel no longer holds the next event to
-        apply, FunnelError for an unknown funnel, ConfigError when no delay is known.
+        apply, FunnelError for an unknown funnel, ConfigError when no delay is known,
+        PointInTimeError for a promoted mirror.
         """
-        stored = self.sink.claim(self.options.funnel, self.options.mirror)
-        refuse_if_promoted(stored)
-        self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic,
-                                                 0, self._start_offset())
+        refuse_if_promoted(self.sink.read_position(self.options.funnel, self.options.mirror))
         control_records = self.control.read_all()
         self._set_initial_delay(control_records)
         self._consumer = self._new_consumer()
         self._refresh_watermarks(force=True)
+        stored = self.sink.claim(self.options.funnel, self.options.mirror)
+        refuse_if_promoted(stored)
+        self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic,
+                                                 0, self._start_offset())
         self._check_not_expired(self.position.next_offset)
         _, control_high = self._consumer.get_watermark_offsets(
             TopicPartition(control_topic(self.options.funnel), 0), timeout=15, cached=False)

@@ -6,10 +6,13 @@ first commit, so the status must be published from inside it, not only between s
 """
 from __future__ import annotations
 
+import pytest
+
 from applier.applier import Applier, ApplierOptions, Command
 from applier.transaction import MirrorPosition
 from funnel.codec import EventCodec
 from funnel.control import STATUS_STALE_AFTER_S, status_key
+from funnel.errors import ConfigError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 from funnel.kafka import KafkaSettings
 from funnel.reader import TransactionSummary
@@ -128,3 +131,29 @@ def test_status_is_published_at_most_once_per_interval_unless_forced() -> None:
         clock.now += 0.25
     applier._publish_status(force=True)
     assert [round(at - 1000.0, 2) for at, _ in applier.control.published] == [0.0, 1.0, 2.0, 2.5]
+
+
+def test_a_start_that_fails_before_it_could_run_takes_nothing_over() -> None:
+    """An operator's mistaken `funnel apply` without a known delay must not fence the applier that runs."""
+    class Unclaimed(Sink):
+        claims = 0
+
+        def read_position(self, funnel, mirror):
+            return MirrorPosition("shop", "m1", "shop", 0, 5)
+
+        def claim(self, funnel, mirror):
+            self.claims += 1
+            return None
+
+    class NoRecords(Control):
+        def read_all(self) -> dict:
+            return {}
+
+    clock = Clock()
+    sink = Unclaimed(clock)
+    applier = Applier(KafkaSettings("127.0.0.1:9"), sink, ApplierOptions("shop", "m1", delay_s=None),
+                      clock=clock.micros, monotonic=clock.monotonic)
+    applier.control = NoRecords(clock)
+    with pytest.raises(ConfigError, match="no delay known"):
+        applier.start()
+    assert sink.claims == 0
