@@ -220,8 +220,9 @@ class Applier:
             raise EventsExpiredError(
                 f"events {self.topic}[0] offsets {next_offset}..{self.low_watermark - 1} expired from the funnel "
                 f"before mirror {self.options.mirror!r} applied them; the mirror can no longer be kept exact",
-                hint="re-initialise the mirror (new mirror database, or a new funnel with a fresh initial copy) "
-                     "and give the funnel a longer retention")
+                hint="re-initialise the mirror: a new, empty mirror database starts at the oldest whole initial "
+                     "copy the funnel holds (`funnel status` shows a mirror that never ran as EXPIRED when there "
+                     "is none); give the funnel a longer retention")
 
     def _refresh_watermarks(self, force: bool = False) -> None:
         """Low and high watermark of the funnel partition.
