@@ -540,7 +540,8 @@ class Applier:
             "promoted_at": self.position.promoted_at, "promote_target": self.position.promote_target,
             "excluded_txids": list(self.position.excluded_txids),
             "command": self.command.as_dict(self.stats) if self.command else None,
-            "sink_url": self.sink_url, "epoch": self.sink.epoch(self.options.funnel, self.options.mirror), "updated_at": now,
+            "sink_url": self.sink_url, "epoch": self.sink.epoch(self.options.funnel, self.options.mirror),
+            "updated_at": now,
         }
 
     def _publish_status(self, force: bool = False) -> None:
@@ -550,7 +551,9 @@ class Applier:
         Checks the fence first: an applier that a newer one replaced must not publish its stale
         view over the newer one's (raises FencedError).
         """
-        if self._fenced is not None or (not force and self.monotonic() - self._last_status < self.options.status_interval_s):
+        if self._fenced is not None:
+            return
+        if not force and self.monotonic() - self._last_status < self.options.status_interval_s:
             return
         self._last_status = self.monotonic()
         try:

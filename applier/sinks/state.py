@@ -89,7 +89,8 @@ class StateWriter:
         p = placeholder
         self.where = where
         self._upsert = state_upsert_sql(p)
-        self._claim = f"UPDATE {STATE_TABLE} SET {EPOCH_COLUMN} = {EPOCH_COLUMN} + 1 WHERE funnel = {p} AND mirror = {p}"
+        self._claim = (f"UPDATE {STATE_TABLE} SET {EPOCH_COLUMN} = {EPOCH_COLUMN} + 1 "
+                       f"WHERE funnel = {p} AND mirror = {p}")
         self._select = (f"SELECT {', '.join(STATE_COLUMNS)}, {EPOCH_COLUMN} FROM {STATE_TABLE} "
                         f"WHERE funnel = {p} AND mirror = {p}")
         names = ", ".join(STATE_COLUMNS + (EPOCH_COLUMN,))

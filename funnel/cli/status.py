@@ -37,8 +37,9 @@ def mirror_position(mirror: str, status: dict | None, switchback: dict | None, r
     `switchback complete` the mirror continues at the fresh initial copy, whatever its
     last status (from before the switchback) said.
     """
+    promoted = bool(status) and (status.get("state") == "promoted" or status.get("mode") == "promoted")
     if status_is_fresh(status, now):
-        return status["state"], status["next_offset"], status["next_offset"] < low
+        return status["state"], status["next_offset"], not promoted and status["next_offset"] < low
     forward = (switchback or {}).get("forward") or {}
     if (switchback or {}).get("phase") in _FORWARD_PHASES and "next_offset" in forward and (
             status is None or status.get("updated_at", 0) < switchback.get("updated_at", 0)):
@@ -49,7 +50,7 @@ def mirror_position(mirror: str, status: dict | None, switchback: dict | None, r
             return "never ran", start_offset(reader, mirror), False
         except EventsExpiredError:
             return "never ran", low, True
-    if status.get("state") == "promoted" or status.get("mode") == "promoted":
+    if promoted:
         return "promoted", status["next_offset"], False
     return "not running", status["next_offset"], status["next_offset"] < low
 
