@@ -109,12 +109,12 @@ def _through_control(handle: MirrorHandle, command: Command, plan: Plan) -> dict
             if reported["state"] == "done":
                 progress.finish()
                 return status
-        _raise_if_gone(handle.mirror, command, status, time.time_ns() // 1000)
+        raise_if_gone(handle.mirror, command, status, time.time_ns() // 1000)
         time.sleep(0.5)
     raise TimeFunnelError(f"{command.kind} of mirror {handle.mirror!r} did not finish in {WAIT_TIMEOUT_S:.0f}s")
 
 
-def _raise_if_gone(mirror: str, command: Command, status: dict, now_us: int) -> None:
+def raise_if_gone(mirror: str, command: Command, status: dict, now_us: int) -> None:
     """Tell a stopped or stalled applier from a busy one: a busy one goes on publishing its status
     (every second, also from inside long undos and drains), a stalled one does not."""
     if status.get("state") == "stopped":
