@@ -30,11 +30,12 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from applier import schedule
 from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
+from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel, check_mirror_id, command_key, decode_record, delay_key, status_key
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
-from funnel.errors import CodecError, ConfigError, EventsExpiredError, FunnelError, TimeFunnelError
+from funnel.errors import CodecError, ConfigError, EventsExpiredError, FencedError, FunnelError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings, control_topic, data_topic, retry_transient
 
@@ -90,21 +91,32 @@ class Command:
     error: str | None = None
     started_applied_rows: int = 0
     started_applied_transactions: int = 0
+    started_undone_rows: int = 0
+    started_undone_transactions: int = 0
+    phase: str = "starting"  # planning | undoing | applying: what a long command is busy with
+
+    def begin(self, stats: "ApplierStats") -> None:
+        """Count progress from here: the stats are the applier's totals."""
+        self.started_applied_rows, self.started_applied_transactions = stats.applied_rows, stats.applied_transactions
+        self.started_undone_rows, self.started_undone_transactions = stats.undone_rows, stats.undone_transactions
 
     def as_dict(self, stats: "ApplierStats") -> dict:
         return {"id": self.id, "kind": self.kind, "to": self.to, "excluded": list(self.excluded),
-                "state": self.state, "error": self.error,
+                "state": self.state, "error": self.error, "phase": self.phase,
                 "applied_transactions": stats.applied_transactions - self.started_applied_transactions,
                 "applied_rows": stats.applied_rows - self.started_applied_rows,
-                "undone_transactions": stats.undone_transactions, "undone_rows": stats.undone_rows}
+                "undone_transactions": stats.undone_transactions - self.started_undone_transactions,
+                "undone_rows": stats.undone_rows - self.started_undone_rows}
 
 
 class Applier:
     """One mirror following one funnel with a delay."""
 
     def __init__(self, kafka: KafkaSettings, sink: Sink, options: ApplierOptions,
-                 clock: Callable[[], int] = now_us, codec: EventCodec | None = None) -> None:
+                 clock: Callable[[], int] = now_us, codec: EventCodec | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         options.validate()
+        self.monotonic = monotonic  # paces status publishing
         self.kafka = kafka
         self.sink = sink
         self.options = options
@@ -130,7 +142,8 @@ class Applier:
         self.finished = False  # promoted: the loop ends
         self.sink_url: str | None = None  # reported in status (without password) for the takeover hook
         self._closing = False
-        self._last_status = 0.0
+        self._fenced: FencedError | None = None  # a newer applier took the mirror over: write nothing more
+        self._last_status = float("-inf")
         self._last_watermarks = 0.0
         self._control_start = 0
 
@@ -138,16 +151,26 @@ class Applier:
     def start(self) -> None:
         """Read the position and the delay, check nothing expired, and start consuming.
 
+        The mirror's state row is claimed (``Sink.claim``) once the delay and the funnel
+        are known to be there, so a start that fails on them does not stop the applier
+        that runs: from the claim on, any applier of this mirror that started earlier is
+        fenced, and the position is read after the claim, so nothing an earlier applier
+        wrote is missed.  A mirror without a position starts where ``applier.startpoint``
+        says.
+
         Raises EventsExpiredError when the funnel no longer holds the next event to
-        apply, FunnelError for an unknown funnel, ConfigError when no delay is known.
+        apply, FunnelError for an unknown funnel, ConfigError when no delay is known,
+        PointInTimeError for a promoted mirror.
         """
-        stored = self.sink.read_position(self.options.funnel, self.options.mirror)
-        refuse_if_promoted(stored)
-        self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic, 0, 0)
+        refuse_if_promoted(self.sink.read_position(self.options.funnel, self.options.mirror))
         control_records = self.control.read_all()
         self._set_initial_delay(control_records)
         self._consumer = self._new_consumer()
         self._refresh_watermarks(force=True)
+        stored = self.sink.claim(self.options.funnel, self.options.mirror)
+        refuse_if_promoted(stored)
+        self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic,
+                                                 0, self._start_offset())
         self._check_not_expired(self.position.next_offset)
         _, control_high = self._consumer.get_watermark_offsets(
             TopicPartition(control_topic(self.options.funnel), 0), timeout=15, cached=False)
@@ -155,6 +178,10 @@ class Applier:
         self._assign(control_high)
         log.info("mirror %s follows %s from offset %d with delay %.3fs", self.options.mirror, self.topic,
                  self.position.next_offset, self.delay_us / MICROS)
+
+    def _start_offset(self) -> int:
+        with FunnelReader(self.kafka, self.options.funnel) as reader:
+            return start_offset(reader, self.options.mirror, self.codec)
 
     def _new_consumer(self) -> Consumer:
         return Consumer(self.kafka.client(**{
@@ -192,8 +219,9 @@ class Applier:
             raise EventsExpiredError(
                 f"events {self.topic}[0] offsets {next_offset}..{self.low_watermark - 1} expired from the funnel "
                 f"before mirror {self.options.mirror!r} applied them; the mirror can no longer be kept exact",
-                hint="re-initialise the mirror (new mirror database, or a new funnel with a fresh initial copy) "
-                     "and give the funnel a longer retention")
+                hint="re-initialise the mirror: a new, empty mirror database starts at the oldest whole initial "
+                     "copy the funnel holds (`funnel status` shows a mirror that never ran as EXPIRED when there "
+                     "is none); give the funnel a longer retention")
 
     def _refresh_watermarks(self, force: bool = False) -> None:
         """Low and high watermark of the funnel partition.
@@ -231,11 +259,19 @@ class Applier:
                 self.step()
                 if until is not None and until(self):
                     break
+        except FencedError as exc:
+            self._fenced = exc
+            raise
         finally:
             self.close()
 
     def step(self, poll_timeout_s: float = 0.05) -> int:
-        """One round: consume, hold, apply what is due. Returns rows applied."""
+        """One round: consume, hold, apply what is due. Returns rows applied.
+
+        Raises FencedError once a newer applier of the mirror has started.
+        """
+        if self._fenced is not None:
+            raise self._fenced
         consumer = self._consumer
         for msg in consumer.consume(2000, timeout=self._poll_timeout(poll_timeout_s)):
             self._receive(msg)
@@ -290,6 +326,8 @@ class Applier:
             command = Command(value["id"], value["kind"], value.get("to"), tuple(value.get("excluded") or ()))
             try:
                 self.execute(command)
+            except FencedError:
+                raise
             except TimeFunnelError as exc:  # reported to the operator's CLI; the applier goes on
                 command.state, command.error = "failed", str(exc)
                 self.command = command
@@ -306,8 +344,7 @@ class Applier:
         the mirror is unchanged then, except for transactions already undone atomically.
         """
         refuse_if_promoted(self.position)
-        command.started_applied_rows = self.stats.applied_rows
-        command.started_applied_transactions = self.stats.applied_transactions
+        command.begin(self.stats)
         self.command = command
         if command.kind == "resume":
             self._persist(replace(self.position, hold_until=None, excluded_txids=()))
@@ -317,21 +354,28 @@ class Applier:
             # A plan made by the caller for this very position (the CLI's, shown to the
             # operator) is reused: planning scans the whole funnel.
             if plan is None or plan.next_offset != self.position.next_offset or plan.to != command.to:
-                plan = make_plan(reader, self.position, Target(command.to, command.excluded))
+                command.phase = "planning"
+                plan = make_plan(reader, self.position, Target(command.to, command.excluded),
+                                 progress=self._publish_status)
             command.to = plan.to
             # Hold first, in its own database transaction: a crash from here on restarts
             # holding at the target instead of running ahead with the delay.
             self._persist(replace(self.position, hold_until=plan.to, excluded_txids=command.excluded))
             if plan.undo_from_offset is not None:
+                command.phase = "undoing"
                 self._undo_back(reader, plan.undo_from_offset)
+        command.phase = "applying"
         self._check_command_done()
 
     def _undo_back(self, reader: FunnelReader, from_offset: int) -> None:
+        base_tx, base_rows = self.stats.undone_transactions, self.stats.undone_rows
+
         def progress(transactions: int, rows: int) -> None:
-            self.stats.undone_transactions, self.stats.undone_rows = transactions, rows
+            self.stats.undone_transactions, self.stats.undone_rows = base_tx + transactions, base_rows + rows
             self._publish_status()
 
-        self.position = undo_back(self.sink, reader, self.position, from_offset, self.codec, progress)
+        self.position = undo_back(self.sink, reader, self.position, from_offset, self.codec, progress,
+                                  tick=self._publish_status)
         # What the consumer holds now lies after the new position: read it again, with a
         # new consumer (librdkafka would keep reporting the old position after a re-assign).
         self.held.clear()
@@ -495,13 +539,27 @@ class Applier:
             "promoted_at": self.position.promoted_at, "promote_target": self.position.promote_target,
             "excluded_txids": list(self.position.excluded_txids),
             "command": self.command.as_dict(self.stats) if self.command else None,
-            "sink_url": self.sink_url, "updated_at": now,
+            "sink_url": self.sink_url, "epoch": self.sink.epoch(self.options.funnel, self.options.mirror),
+            "updated_at": now,
         }
 
     def _publish_status(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._last_status < self.options.status_interval_s:
+        """At most once per status interval (unless ``force``), also from inside long seeks, undos and
+        drains (their progress callbacks), so that a busy applier never looks stopped.
+
+        Checks the fence first: an applier that a newer one replaced must not publish its stale
+        view over the newer one's (raises FencedError).
+        """
+        if self._fenced is not None:
             return
-        self._last_status = time.monotonic()
+        if not force and self.monotonic() - self._last_status < self.options.status_interval_s:
+            return
+        self._last_status = self.monotonic()
+        try:
+            self.sink.check_fence(self.options.funnel, self.options.mirror)
+        except FencedError as exc:
+            self._fenced = exc
+            raise
         try:
             self.control.write(status_key(self.options.mirror), self.status(), flush=False)
         except (FunnelError, BufferError) as exc:  # status is advisory; the mirror's state table is the truth
@@ -511,9 +569,12 @@ class Applier:
         if self._consumer is not None:
             self._closing = True
             try:
-                self._publish_status(force=True)
-                self.control.close()
+                self._publish_status(force=True)  # not once fenced: the newer applier's status stands
             except Exception as exc:  # closing must not hide the error that stopped us
+                log.warning("publishing the final status: %s", exc)
+            try:
+                self.control.close()
+            except Exception as exc:
                 log.warning("closing control channel: %s", exc)
             self._consumer.close()
             self._consumer = None

@@ -14,7 +14,7 @@ position, so ``--dry-run`` shows exactly what the real run will do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
@@ -72,13 +72,16 @@ def refuse_if_promoted(position: MirrorPosition | None) -> None:
             f"it no longer applies or seeks", hint="a promoted mirror is production now: see `funnel switchback`")
 
 
-def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) -> Plan:
+def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target,
+              progress: Callable[[], None] = lambda: None) -> Plan:
     """Classify every transaction the funnel holds against the mirror's position and the target.
 
     Streaming passes over the headers (memory stays flat however deep the funnel): the
     funnel's time range comes from its first and last transactions (a full pass only
     when excluded txids must be found); one full pass counts what will be undone,
     applied and left out.
+    ``progress`` is called for every transaction scanned (a running applier publishes
+    its status from it, at its own pace).
     Raises PointInTimeError for a target after the newest event in the funnel, a target
     that needs undo of transactions the funnel no longer holds, an unknown excluded
     txid, or a promoted mirror.
@@ -90,12 +93,13 @@ def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) ->
                                hint="re-initialise the mirror")
     excluded = set(target.excluded)
     oldest, newest = _time_range(reader, low, high)
-    found = {s.txid for s in reader.transactions(low, high) if s.txid in excluded} if excluded else set()
+    found = ({s.txid for s in _ticking(reader.transactions(low, high), progress) if s.txid in excluded}
+             if excluded else set())
     to = newest + 1 if target.to is None else target.to
     _check_target(position, target, to, oldest, newest, found, low)
     plan = Plan(position.mirror, to, position.next_offset, valid_as_of=position.valid_as_of)
     undo_from = None
-    for summary in reader.transactions(low, high):
+    for summary in _ticking(reader.transactions(low, high), progress):
         applied = summary.last_offset < position.next_offset
         if applied and summary.kind is not Kind.HEARTBEAT and (summary.commit_ts >= to or summary.txid in excluded):
             undo_from = summary.first_offset if undo_from is None else undo_from
@@ -114,6 +118,12 @@ def make_plan(reader: FunnelReader, position: MirrorPosition, target: Target) ->
             plan.apply_rows += summary.rows
     plan.undo_from_offset = undo_from
     return plan
+
+
+def _ticking(summaries: Iterable[TransactionSummary], tick: Callable[[], None]) -> Iterator[TransactionSummary]:
+    for summary in summaries:
+        tick()
+        yield summary
 
 
 def _time_range(reader: FunnelReader, low: int, high: int) -> tuple[int, int]:
@@ -148,18 +158,24 @@ def _check_target(position: MirrorPosition, target: Target, to: int, oldest: int
 
 
 def undo_back(sink: Sink, reader: FunnelReader, position: MirrorPosition, from_offset: int,
-              codec: EventCodec, progress: Callable[[int, int], None] = lambda tx, rows: None) -> MirrorPosition:
+              codec: EventCodec, progress: Callable[[int, int], None] = lambda tx, rows: None,
+              tick: Callable[[], None] = lambda: None) -> MirrorPosition:
     """Undo every applied transaction from ``from_offset`` on, newest first; returns the new position.
+
+    ``progress(transactions, rows)`` is called after each committed batch of undos, ``tick()``
+    for every transaction read and inverted: reading thousands of transactions back takes
+    long enough that a running applier must go on publishing its status meanwhile.
 
     Each batch of undos is one database transaction with the position, so a crash
     resumes exactly: the next run undoes from where the stored position says.
     Raises UndoError for a transaction that cannot be undone, CodecError for a bad event.
     """
-    held = [s for s in reader.transactions(from_offset, position.next_offset, keep_payloads=True)]
+    held = list(_ticking(reader.transactions(from_offset, position.next_offset, keep_payloads=True), tick))
     undone_tx = undone_rows = 0
     batch: list[Transaction] = []
     rows = 0
     for summary in reversed(held):
+        tick()
         transaction = _decode(summary, codec, reader.topic)
         if transaction.kind is not Kind.HEARTBEAT:
             batch.append(invert(transaction))

@@ -39,6 +39,13 @@ class SinkError(TimeFunnelError):
     """The mirror database cannot be written as asked."""
 
 
+class FencedError(SinkError):
+    """A newer applier (or a seek/promote with --sink) of the same mirror started after this one.
+
+    The write that found out was rolled back; the process must stop, not retry.
+    """
+
+
 class FunnelError(TimeFunnelError):
     """The funnel topic is missing, misconfigured, or has lost events."""
 

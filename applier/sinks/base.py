@@ -22,12 +22,29 @@ class Sink(Protocol):
         """
         ...
 
+    def claim(self, funnel: str, mirror: str) -> MirrorPosition | None:
+        """Take the state row of ``mirror`` for this sink and return its position (None: never applied).
+
+        Every sink that claimed it before is fenced from then on: its next ``apply`` of
+        that mirror rolls back and raises FencedError.  Raises SinkError.
+        """
+        ...
+
+    def check_fence(self, funnel: str, mirror: str) -> None:
+        """Raises FencedError when another sink claimed ``mirror`` after this one did."""
+        ...
+
+    def epoch(self, funnel: str, mirror: str) -> int | None:
+        """The epoch this sink claimed for ``mirror`` (None: it never claimed it)."""
+        ...
+
     def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
         """Apply all ``transactions`` in order and store ``position``, in ONE database transaction.
 
         Returns the number of row changes applied.  On any error nothing of the call is
         applied (rows and position are rolled back together) and SinkError is raised,
-        naming the table and transaction where possible.
+        naming the table and transaction where possible; FencedError when the mirror
+        was claimed by another sink since this one claimed it.
         """
         ...
 

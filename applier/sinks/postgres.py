@@ -81,14 +81,13 @@ from applier.sinks.postgres_sql import (
     missing_columns,
     one_line,
     position_select_sql,
-    position_upsert_sql,
     truncate_sql,
     update_one_sql,
     upsert_select_sql,
     upsert_values_sql,
 )
 from applier.sinks.base import no_matching_row
-from applier.sinks.state import position_from_row, position_to_row
+from applier.sinks.state import EPOCH_COLUMN, StateWriter, add_epoch_column_sql, position_from_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
 from funnel.events import Op, Row, TableChanges, Value
@@ -107,7 +106,6 @@ _BEFORE = itemgetter(0)
 # What a malformed row image raises while we pick values out of it (a None image, a short row).
 _ROW_ERRORS = (TypeError, IndexError)
 
-_POSITION_UPSERT = position_upsert_sql()
 _POSITION_SELECT = position_select_sql()
 
 Image = Sequence[Value]
@@ -276,6 +274,7 @@ class PostgresSink:
         self._staged: set[str] = set()  # stages that received rows in the current transaction
         self._nonempty: set[str] = set()  # mirror tables known to hold rows
         self._closed = False
+        self._state = StateWriter("%s", masked_password(url))
         self._conn = self._connect()
 
     # -- connection ---------------------------------------------------------------
@@ -298,6 +297,7 @@ class PostgresSink:
                 conn.execute(setting)
             if conn.execute("SELECT to_regclass(%s) IS NULL", (STATE_TABLE,)).fetchone()[0]:
                 conn.execute(create_state_table_sql())
+            _add_epoch_column(conn)
         except psycopg.Error as exc:
             conn.close()
             raise SinkError(
@@ -356,6 +356,37 @@ class PostgresSink:
                             f"{one_line(exc)}") from exc
         return None if row is None else position_from_row(row)
 
+    def claim(self, funnel: str, mirror: str) -> MirrorPosition | None:
+        """Take the mirror's state row for this sink (fencing every earlier claimer) and return its position.
+
+        Raises SinkError.
+        """
+        self._ensure_connected()
+        try:
+            with self._conn.transaction():
+                position = self._state.claim(self._conn.execute, funnel, mirror)
+        except BaseException as exc:
+            self._state.rolled_back()
+            if isinstance(exc, psycopg.Error):
+                raise SinkError(f"cannot claim mirror {mirror!r} in {masked_password(self.url)}: "
+                                f"{one_line(exc)}") from exc
+            raise
+        self._state.committed()
+        return position
+
+    def epoch(self, funnel: str, mirror: str) -> int | None:
+        """The epoch this sink claimed for the mirror (None: never claimed), shown in status."""
+        return self._state.epoch(funnel, mirror)
+
+    def check_fence(self, funnel: str, mirror: str) -> None:
+        """Raises FencedError when a newer applier claimed the mirror since this sink did."""
+        self._ensure_connected()
+        try:
+            self._state.check(self._conn.execute, funnel, mirror)
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot read the state of mirror {mirror!r} in {masked_password(self.url)}: "
+                            f"{one_line(exc)}") from exc
+
     # -- apply ----------------------------------------------------------------------
     def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
         """Apply ``transactions`` in order and store ``position``, as one database transaction.
@@ -375,11 +406,13 @@ class PostgresSink:
                 run.flush()
                 self._write_position(position)
         except BaseException as exc:
+            self._state.rolled_back()
             self._after_rollback()
             if isinstance(exc, psycopg.Error):
                 raise SinkError(f"cannot apply to mirror database {masked_password(self.url)}: "
                                 f"{one_line(exc)}") from exc
             raise
+        self._state.committed()
         return applied
 
     def _after_rollback(self) -> None:
@@ -644,7 +677,7 @@ class PostgresSink:
         )
 
     def _write_position(self, position: MirrorPosition) -> None:
-        self._conn.execute(_POSITION_UPSERT, position_to_row(position))
+        self._state.write(self._conn.execute, position)
 
 
 # Sequences owned by a column (serial: deptype 'a') or backing an identity column ('i').
@@ -658,6 +691,17 @@ JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
+
+
+def _add_epoch_column(conn: psycopg.Connection) -> None:
+    """Migrates a state table made before fencing, in place (a no-op on a new one).
+
+    Checked first: ADD COLUMN IF NOT EXISTS would still take an exclusive lock on every start.
+    """
+    found = conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s "
+                         "AND NOT attisdropped", (STATE_TABLE, EPOCH_COLUMN)).fetchone()
+    if found is None:
+        conn.execute(add_epoch_column_sql("bigint", if_not_exists=True))
 
 
 def _find_definition(definitions: dict[str, dict[str, Any]], source: str) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from applier.sinks.base import check_key, is_keyless
-from applier.sinks.state import STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
+from applier.sinks.state import EPOCH_COLUMN, STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
 from funnel.errors import SinkError
 from funnel.tablenames import postgres_mirror_name
 
@@ -61,11 +61,13 @@ STATE_TYPES = {
     "promote_target": "bigint",
     "excluded_txids": "text",  # a JSON array of txids
 }
+EPOCH_TYPE = "bigint NOT NULL DEFAULT 0"  # fences appliers, see applier.sinks.state
 
 
 def create_state_table_sql() -> str:
     """CREATE TABLE of the state table.  Raises KeyError for a state column without a type here."""
     columns = ", ".join(f"{column} {STATE_TYPES[column]}" for column in STATE_COLUMNS)
+    columns += f", {EPOCH_COLUMN} {EPOCH_TYPE}"
     return f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} ({columns}, PRIMARY KEY (funnel, mirror))"
 
 # The session settings the sink relies on.  "Canonical text" means the output of

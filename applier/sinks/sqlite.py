@@ -20,7 +20,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
 
 from applier.sinks.sqlite_sql import (
     CREATE_STATE_TABLE,
@@ -31,14 +30,13 @@ from applier.sinks.sqlite_sql import (
     key_indexes,
     mirror_table_name,
     position_select_sql,
-    position_upsert_sql,
     quote_ident,
     truncate_sql,
     update_one_sql,
     upsert_sql,
 )
 from applier.sinks.base import is_keyless, no_matching_row
-from applier.sinks.state import position_from_row, position_to_row
+from applier.sinks.state import EPOCH_COLUMN, STATE_TABLE, StateWriter, add_epoch_column_sql, position_from_row
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
 from funnel.events import Op, Row, TableChanges, Value
@@ -73,7 +71,6 @@ _UPSERT_OPS = (Op.SNAPSHOT, Op.INSERT, Op.UPDATE)
 _ROW_ERRORS = (TypeError, IndexError)
 _DB_ERRORS = (sqlite3.Error, OverflowError)
 
-_POSITION_UPSERT = position_upsert_sql()
 _POSITION_SELECT = position_select_sql()
 
 KeyOf = Callable[[Sequence[Value]], Sequence[Value]]
@@ -174,6 +171,7 @@ class SqliteSink:
         self.path = os.fspath(path)
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Plan] = {}
         self._columns: dict[str, frozenset[str]] = {}  # mirror table -> lower-cased columns
+        self._state = StateWriter("?", self.path)
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -190,6 +188,7 @@ class SqliteSink:
                 # rollback journal NORMAL can corrupt the file on power loss, FULL cannot.
                 conn.execute("PRAGMA synchronous=FULL")
             conn.execute(CREATE_STATE_TABLE)
+            _add_epoch_column(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -219,6 +218,35 @@ class SqliteSink:
             return None
         return position_from_row(row)
 
+    def claim(self, funnel: str, mirror: str) -> MirrorPosition | None:
+        """Take the mirror's state row for this sink (fencing every earlier claimer) and return its position.
+
+        Raises SinkError.
+        """
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            position = self._state.claim(self._conn.execute, funnel, mirror)
+            self._conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            self._state.rolled_back()
+            if isinstance(exc, sqlite3.Error):
+                raise SinkError(f"cannot claim mirror {mirror!r} in {self.path}: {exc}") from exc
+            raise
+        self._state.committed()
+        return position
+
+    def epoch(self, funnel: str, mirror: str) -> int | None:
+        """The epoch this sink claimed for the mirror (None: never claimed), shown in status."""
+        return self._state.epoch(funnel, mirror)
+
+    def check_fence(self, funnel: str, mirror: str) -> None:
+        """Raises FencedError when a newer applier claimed the mirror since this sink did."""
+        try:
+            self._state.check(self._conn.execute, funnel, mirror)
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot read the state of mirror {mirror!r} in {self.path}: {exc}") from exc
+
     def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
         """Apply ``transactions`` in order and store ``position``, as one database transaction.
 
@@ -237,9 +265,11 @@ class SqliteSink:
             self._conn.execute("COMMIT")
         except BaseException as exc:
             self._rollback()
+            self._state.rolled_back()
             if isinstance(exc, sqlite3.Error):
                 raise SinkError(f"cannot apply to mirror database {self.path}: {exc}") from exc
             raise
+        self._state.committed()
         return applied
 
     def _rollback(self) -> None:
@@ -377,7 +407,7 @@ class SqliteSink:
         return columns
 
     def _write_position(self, position: MirrorPosition) -> None:
-        self._conn.execute(_POSITION_UPSERT, _position_params(position))
+        self._state.write(self._conn.execute, position)
 
 
 def _legacy_keyless(group: TableChanges, primary_key: list[str]) -> bool:
@@ -405,5 +435,16 @@ def _op_name(op: object) -> str:
     return str(getattr(op, "value", op))
 
 
-def _position_params(position: MirrorPosition) -> tuple[Any, ...]:
-    return position_to_row(position)
+def _add_epoch_column(conn: sqlite3.Connection) -> None:
+    """Migrates a state table made before fencing, in place (a no-op on a new one)."""
+    def has_epoch() -> bool:
+        columns = {name for (name,) in conn.execute(f"SELECT name FROM pragma_table_info('{STATE_TABLE}')")}
+        return EPOCH_COLUMN in columns
+
+    if has_epoch():
+        return
+    try:
+        conn.execute(add_epoch_column_sql("INTEGER"))
+    except sqlite3.OperationalError:
+        if not has_epoch():  # else another applier starting at the same moment migrated it
+            raise

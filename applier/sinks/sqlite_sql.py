@@ -35,6 +35,7 @@ CREATE_STATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     promoted_at INTEGER,
     promote_target INTEGER,
     excluded_txids TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (funnel, mirror)
 )"""
 

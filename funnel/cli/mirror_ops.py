@@ -112,11 +112,26 @@ def _through_control(handle: MirrorHandle, command: Command, plan: Plan) -> dict
             if reported["state"] == "done":
                 progress.finish()
                 return status
-        if not status_is_fresh(status, time.time_ns() // 1000) or status.get("state") == "stopped":
-            raise TimeFunnelError(f"the applier of mirror {handle.mirror!r} stopped before the {command.kind} "
-                                  f"finished", hint="rerun the command with --sink URL")
+        raise_if_gone(handle.mirror, command, status, time.time_ns() // 1000)
         time.sleep(0.5)
     raise TimeFunnelError(f"{command.kind} of mirror {handle.mirror!r} did not finish in {WAIT_TIMEOUT_S:.0f}s")
+
+
+def raise_if_gone(mirror: str, command: Command, status: dict, now_us: int) -> None:
+    """Tell a stopped or stalled applier from a busy one: a busy one goes on publishing its status
+    (every second, also from inside long undos and drains), a stalled one does not."""
+    if status.get("state") == "stopped":
+        raise TimeFunnelError(f"the applier of mirror {mirror!r} stopped before the {command.kind} finished",
+                              hint="rerun the command with --sink URL")
+    if status_is_fresh(status, now_us):
+        return
+    reported = status.get("command") or {}
+    doing = f" while {reported['phase']}" if reported.get("id") == command.id and reported.get("phase") else ""
+    age = (now_us - status.get("updated_at", 0)) / 1e6 if status else float("inf")
+    raise TimeFunnelError(f"the applier of mirror {mirror!r} has not reported for {age:.0f}s{doing}: it is "
+                          f"stalled or gone, not busy (a busy applier reports every second)",
+                          hint="check its process; once it is stopped, rerun the command with --sink URL "
+                               "(that takes the mirror over and fences the old applier)")
 
 
 def _in_process(handle: MirrorHandle, command: Command, plan: Plan) -> dict[str, Any]:
@@ -156,17 +171,23 @@ class Progress:
         self.last = now
         click.echo(self._line(reported), err=True)
 
-    def _line(self, reported: dict) -> str:
+    def _line(self, reported: dict, done: bool = False) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        undone_tx, undone_rows = reported.get("undone_transactions", 0), reported.get("undone_rows", 0)
         applied_tx, applied_rows = reported.get("applied_transactions", 0), reported.get("applied_rows", 0)
-        remaining = max(self.plan.apply_transactions - applied_tx, 0)
-        return (f"{self.command.kind} {self.plan.mirror}: undone {reported.get('undone_transactions', 0)} tx, "
-                f"applied {applied_tx} tx / {applied_rows} rows ({applied_rows / elapsed:,.0f} rows/s), "
-                f"remaining ~{remaining} tx")
+        plan = self.plan
+        head = f"{self.command.kind} {plan.mirror}: " + ("" if done else f"{reported.get('phase') or 'starting'}, ")
+        line = (f"{head}undone {undone_tx}/{plan.undo_transactions} tx, "
+                f"applied {applied_tx}/{plan.apply_transactions} tx, "
+                f"{(undone_rows + applied_rows) / elapsed:,.0f} rows/s")
+        if done:
+            return line + f", done in {elapsed:.1f}s"
+        remaining = max(plan.undo_transactions - undone_tx, 0) + max(plan.apply_transactions - applied_tx, 0)
+        return line + f", remaining ~{remaining} tx"
 
     def finish(self) -> None:
         if time.monotonic() - self.started >= 1.0:
-            click.echo(self._line(self.latest) + f", done in {time.monotonic() - self.started:.1f}s", err=True)
+            click.echo(self._line(self.latest, done=True), err=True)
 
 
 def new_command(kind: str, to: int | None = None, excluded: tuple[str, ...] = ()) -> Command:

@@ -13,8 +13,10 @@ from typing import Any
 import click
 
 from applier import schedule
+from applier.startpoint import start_offset
 from funnel.cli.options import echo_json, funnel_option, kafka_options, kafka_settings
 from funnel.control import ControlChannel, status_is_fresh
+from funnel.errors import EventsExpiredError
 from funnel.events import Kind
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_duration, format_time
@@ -22,17 +24,49 @@ from funnel.topic import FunnelAdmin
 
 
 
+# Phases of a switchback from which the mirror's state row points into the fresh forward funnel.
+_FORWARD_PHASES = ("forward_ready", "taken_over", "done")
+
+
+def mirror_position(mirror: str, status: dict | None, switchback: dict | None, reader: FunnelReader, low: int,
+                    now: int) -> tuple[str, int, bool]:
+    """(state, next offset, expired) of a mirror, from its status record and what else the funnel knows.
+
+    A mirror that never ran starts where ``applier.startpoint`` says (the applier's own
+    rule); a promoted mirror applies nothing, so nothing can expire for it; after
+    `switchback complete` the mirror continues at the fresh initial copy, whatever its
+    last status (from before the switchback) said.
+    """
+    promoted = bool(status) and (status.get("state") == "promoted" or status.get("mode") == "promoted")
+    if status_is_fresh(status, now):
+        return status["state"], status["next_offset"], not promoted and status["next_offset"] < low
+    forward = (switchback or {}).get("forward") or {}
+    if (switchback or {}).get("phase") in _FORWARD_PHASES and "next_offset" in forward and (
+            status is None or status.get("updated_at", 0) < switchback.get("updated_at", 0)):
+        state = "not running (switched back)" if switchback["phase"] == "done" else "switching back"
+        return state, forward["next_offset"], forward["next_offset"] < low
+    if status is None:
+        try:
+            return "never ran", start_offset(reader, mirror), False
+        except EventsExpiredError:
+            return "never ran", low, True
+    if promoted:
+        return "promoted", status["next_offset"], False
+    return "not running", status["next_offset"], status["next_offset"] < low
+
+
 def mirror_report(mirror: str, delay_s: float | None, status: dict | None, reader: FunnelReader,
-                  low: int, high: int, retention_s: float, now: int) -> dict[str, Any]:
+                  low: int, high: int, retention_s: float, now: int,
+                  switchback: dict | None = None) -> dict[str, Any]:
     """What `funnel status` says about one mirror."""
-    next_offset = status["next_offset"] if status else low
-    pending = [t for t in reader.transactions(max(next_offset, low), high) if t.kind is not Kind.HEARTBEAT]
+    state, next_offset, expired = mirror_position(mirror, status, switchback, reader, low, now)
+    pending = ([] if state == "promoted" else
+               [t for t in reader.transactions(max(next_offset, low), high) if t.kind is not Kind.HEARTBEAT])
     oldest = pending[0].commit_ts if pending else None
     delay_us = int((delay_s or 0) * 1e6)
-    running = status_is_fresh(status, now)
     return {
         "mirror": mirror,
-        "state": (status or {}).get("state", "never ran") if running or not status else "not running",
+        "state": state,
         "delay_s": delay_s,
         "valid_as_of": (status or {}).get("valid_as_of"),
         "next_offset": next_offset,
@@ -43,7 +77,7 @@ def mirror_report(mirror: str, delay_s: float | None, status: dict | None, reade
         "behind_s": schedule.seconds_behind(oldest, delay_us, now),
         "retention_headroom_s": (None if math.isinf(retention_s)
                                  else ((oldest or now) + retention_s * 1e6 - now) / 1e6),
-        "expired": next_offset < low,
+        "expired": expired,
         "status_age_s": (now - status["updated_at"]) / 1e6 if status else None,
     }
 
@@ -56,7 +90,8 @@ def funnel_report(kafka, funnel_name: str, now: int | None = None) -> dict[str, 
     with FunnelReader(kafka, funnel_name) as reader:
         low, high = reader.watermarks()
         reports = [mirror_report(m, (records.get(f"delay/{m}") or {}).get("delay_s"), records.get(f"status/{m}"),
-                                 reader, low, high, info.retention_s, now) for m in mirrors]
+                                 reader, low, high, info.retention_s, now, records.get(f"switchback/{m}"))
+                   for m in mirrors]
     producers = []
     for key, value in sorted(records.items()):
         if key.startswith("producer/"):

@@ -290,6 +290,15 @@ def test_full_switchback_cycle_then_a_second_disaster_drill(bootstrap, funnel_na
     assert not any(name.startswith(("_timefunnel_changelog", "timefunnel_freeze_")) for name in
                    schema_objects(site.mirror)), "the mirror keeps no reverse capture and no freeze"
 
+    # Right after complete: status shows m1 at the fresh copy, not EXPIRED, and a new mirror can join
+    # (the old timeline's events are deleted: it starts at the fresh initial copy).
+    report = json.loads(ok(run_funnel(bootstrap, "status", "--funnel", funnel_name, "--json")))
+    m1 = next(m for m in report["mirrors"] if m["mirror"] == "m1")
+    assert not m1["expired"] and m1["next_offset"] == state["forward"]["next_offset"], m1
+    ok(run_funnel(bootstrap, "apply", f"sqlite://{tmp_path / 'm2.db'}", "--funnel", funnel_name, "--mirror", "m2",
+                  "--delay", "0s", "--until-caught-up"))
+    assert rows(tmp_path / "m2.db") == rows(site.prod), "a mirror joining after the switchback copies production"
+
     # The forward funnel runs again with the configured delay: the same two commands as before.
     app.resume()
     site.forward()

@@ -1,0 +1,40 @@
+"""seek and promote as the CLI shows them: progress lines that count undone transactions, and an applier
+that stalled told from one that is busy."""
+from __future__ import annotations
+
+import pytest
+
+from applier.applier import Command
+from applier.pointintime import Plan
+from funnel.cli.mirror_ops import Progress, raise_if_gone
+from funnel.errors import TimeFunnelError
+
+
+def progress() -> Progress:
+    plan = Plan("m1", to=1, next_offset=0, undo_from_offset=0, undo_transactions=9400, apply_transactions=33)
+    return Progress(Command("c1", "promote"), plan)
+
+
+def test_an_undo_in_progress_counts_what_is_undone_and_what_remains() -> None:
+    line = progress()._line({"phase": "undoing", "undone_transactions": 5000, "undone_rows": 5000,
+                             "applied_transactions": 0, "applied_rows": 0})
+    assert "promote m1: undoing, undone 5000/9400 tx, applied 0/33 tx" in line
+    assert line.endswith("remaining ~4433 tx"), line
+
+
+def test_the_done_line_says_done_and_claims_no_remaining_work() -> None:
+    line = progress()._line({"phase": "applying", "undone_transactions": 9400, "undone_rows": 9400,
+                             "applied_transactions": 33, "applied_rows": 40}, done=True)
+    assert "undone 9400/9400 tx, applied 33/33 tx" in line and "done in" in line and "remaining" not in line
+
+
+def test_the_cli_tells_a_stalled_applier_from_a_busy_one() -> None:
+    now = 1_800_000_000_000_000
+    command = Command("c1", "promote")
+    busy = {"state": "running", "updated_at": now - 500_000,
+            "command": {"id": "c1", "state": "running", "phase": "undoing"}}
+    raise_if_gone("m1", command, busy, now)  # reported half a second ago: busy, keep waiting
+    with pytest.raises(TimeFunnelError, match="has not reported for 60s while undoing: it is stalled or gone"):
+        raise_if_gone("m1", command, {**busy, "updated_at": now - 60_000_000}, now)
+    with pytest.raises(TimeFunnelError, match="stopped before the promote finished"):
+        raise_if_gone("m1", command, {**busy, "state": "stopped"}, now)
