@@ -3,11 +3,14 @@
 A mirror that never applied anything must begin with an initial copy (``snapshot``
 messages ended by ``snapshot_end``): changes alone do not make a database.  While the
 funnel still holds offset 0 nothing expired and the mirror starts there, as it always
-did.  Once the oldest events are gone (retention, or `switchback complete`, which
-deletes the old timeline), it starts at the oldest initial copy the funnel still holds
-whole: the copy's end marker is there and so is its first message.  The oldest rather
-than the newest, because copy rows are applied at once, without the delay: the older
-the copy, the less a delayed mirror runs ahead of its delay.
+did (no scan of a deep funnel at start).  Once the oldest events are gone (retention,
+or `switchback complete`, which deletes the old timeline), it starts at the newest
+initial copy the funnel still holds whole: the copy's end marker is there and so is its
+first message.  The newest, because an empty mirror plus the newest copy is production
+at that copy, whatever happened before it; starting at an older copy and passing
+through a later one would leave rows that were deleted between the two (a copy is
+upserts, not deletes).  Copy rows are applied at once, without the delay, so a new
+mirror shows production as of that copy straight away and holds later changes back.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ _COPY = (Kind.SNAPSHOT, Kind.SNAPSHOT_END)
 
 
 def copy_start(low: int, marks: Iterable[tuple[int, Kind]], first_starts_copy: bool) -> int | None:
-    """The offset a mirror without a position starts from, or None when it cannot start.
+    """The offset a mirror without a position starts from (the newest whole copy), or None.
 
     ``marks`` are (first offset, kind) of the funnel's transactions from ``low`` on, in
     order (copy chunks are transactions of their own). ``first_starts_copy`` says whether
@@ -31,6 +34,7 @@ def copy_start(low: int, marks: Iterable[tuple[int, Kind]], first_starts_copy: b
     """
     if low == 0:
         return 0
+    newest: int | None = None
     start: int | None = None
     partial = False  # inside a copy whose beginning expired
     for index, (offset, kind) in enumerate(marks):
@@ -44,9 +48,9 @@ def copy_start(low: int, marks: Iterable[tuple[int, Kind]], first_starts_copy: b
                 start = offset
         if kind is Kind.SNAPSHOT_END:
             if start is not None:
-                return start
-            partial = False
-    return None
+                newest = start
+            start, partial = None, False
+    return newest
 
 
 def start_offset(reader: FunnelReader, mirror: str, codec: EventCodec | None = None) -> int:
@@ -66,7 +70,8 @@ def start_offset(reader: FunnelReader, mirror: str, codec: EventCodec | None = N
             f"mirror {mirror!r} has no position and cannot start: events {reader.topic}[0] before offset {low} "
             f"expired and the funnel holds no whole initial copy after them",
             hint="capture production into a new funnel (its first events are an initial copy) and start the "
-                 "mirror on that one; keep a funnel's retention longer than its longest delay")
+                 "mirror on that one, or start from a copy of an existing mirror with its position renamed "
+                 "(README, Failure semantics); keep a funnel's retention longer than its longest delay")
     return found
 
 

@@ -90,7 +90,7 @@ def items(path: Path) -> list[tuple]:
         return conn.execute("SELECT id, v FROM items ORDER BY id").fetchall()
 
 
-def test_a_new_mirror_starts_at_the_oldest_whole_copy_and_status_agrees(bootstrap, funnel_name, tmp_path):
+def test_a_new_mirror_starts_at_the_newest_whole_copy_and_status_agrees(bootstrap, funnel_name, tmp_path):
     kafka = KafkaSettings(bootstrap)
     publish(kafka, funnel_name)
     first, second = copy_messages(kafka, funnel_name)
@@ -122,3 +122,23 @@ def test_a_new_mirror_starts_at_the_oldest_whole_copy_and_status_agrees(bootstra
     assert "Try: capture production into a new funnel" in result.stderr
     text = run_funnel(bootstrap, "status", "--funnel", funnel_name).stdout
     assert "mirror m9: never ran" in text and "EXPIRED" in text
+
+    # The README's way to add a mirror when no whole copy is left: copy an existing
+    # mirror, rename its position in the copy, and apply from there.
+    with sqlite3.connect(tmp_path / "m1.db") as source, sqlite3.connect(tmp_path / "m4.db") as copy:
+        source.backup(copy)
+        copy.execute("UPDATE _timefunnel_state SET mirror = 'm4' WHERE mirror = 'm1'")
+    publish_change(kafka, funnel_name, "t5", 5, (5, "e"))
+    result = run_funnel(bootstrap, "apply", f"sqlite:///{tmp_path / 'm4.db'}", "--funnel", funnel_name,
+                        "--mirror", "m4", "--delay", "0s", "--until-caught-up")
+    assert result.returncode == 0, result.stderr
+    assert items(tmp_path / "m4.db") == [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]
+
+
+def publish_change(kafka: KafkaSettings, funnel: str, txid: str, position: int, pair: tuple[int, str]) -> None:
+    publisher = EventPublisher(kafka, funnel, "prod", chunk_rows=1)
+    publisher.start()
+    try:
+        publisher.publish([SourceTransaction(txid, publisher.clock(), position, [rows(Op.INSERT, pair)])])
+    finally:
+        publisher.close()

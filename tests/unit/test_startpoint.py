@@ -42,6 +42,12 @@ def test_no_copy_at_all_means_the_mirror_cannot_start() -> None:
     assert copy_start(5, [], first_starts_copy=False) is None
 
 
-def test_of_several_whole_copies_the_oldest_wins() -> None:
-    # copy rows are applied at once: the oldest copy keeps a delayed mirror closest to its delay
-    assert copy_start(5, marks(C, S, E, C, S, S, E), first_starts_copy=False) == 12
+def test_of_several_whole_copies_the_newest_wins() -> None:
+    # an empty mirror plus the newest copy is production at that copy; passing through an
+    # older copy and then a newer one would keep rows deleted between the two
+    assert copy_start(5, marks(C, S, E, C, S, S, E), first_starts_copy=False) == 18
+    assert copy_start(5, marks(S, E, S, E, C), first_starts_copy=True) == 14
+
+
+def test_a_newer_copy_still_being_written_leaves_the_older_whole_one() -> None:
+    assert copy_start(5, marks(C, S, E, C, S, S), first_starts_copy=False) == 12
