@@ -31,6 +31,7 @@ from applier import schedule
 from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
+from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel, check_mirror_id, command_key, decode_record, delay_key, status_key
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
@@ -40,10 +41,6 @@ from funnel.kafka import KafkaSettings, control_topic, data_topic, retry_transie
 
 log = logging.getLogger("timefunnel.applier")
 MICROS = 1_000_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, Sw
                                       complete_decision, failed, new_state, next_action, note, prepare_decision)
 from applier.switchback.store import RecordWatcher, StateStore
 from applier.transaction import MirrorPosition
+from funnel.clock import now_us
 from funnel.control import (STATUS_STALE_AFTER_S, ControlChannel, delay_key, producer_key, source_key,
                             status_is_fresh, status_key)
 from funnel.errors import ConfigError, TimeFunnelError
@@ -41,10 +42,6 @@ from funnel.urls import without_password
 HANDOVER_TIMEOUT_S = 30.0  # how long complete/abort wait for a running prepare to stop
 PROGRESS_EVERY_S = 30.0
 HookRunner = Callable[[str, dict[str, str]], dict]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

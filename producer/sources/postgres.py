@@ -143,6 +143,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from funnel.clock import now_us
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
 from funnel.urls import masked_password
@@ -186,10 +187,6 @@ _BOOL_OID, _BYTEA_OID = 16, 17
 _IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 # Enum attribute access is slow in Python 3.11; these run once per row.
 _INSERT, _UPDATE, _DELETE, _TRUNCATE = Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def default_slot_name(funnel: str) -> str:

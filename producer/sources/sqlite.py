@@ -46,11 +46,11 @@ import json
 import os
 import pathlib
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from funnel.clock import now_us
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges
 from producer.sources.base import SourceTransaction
@@ -61,11 +61,6 @@ LAYOUTS = "_timefunnel_layouts"
 PREFIX = "_timefunnel_"
 _BASE_COLUMNS = 4  # seq, tbl, op, layout: the value columns v0.. follow
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
-
-
-def now_us() -> int:
-    """Wall-clock time in microseconds since the epoch (UTC): the default ``clock``."""
-    return time.time_ns() // 1000
 
 
 def quote_ident(name: str) -> str:
