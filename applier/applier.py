@@ -1,6 +1,6 @@
 """The delayed applier: reads the funnel, holds each transaction until it is due, applies it whole.
 
-Loop, in one thread (threads do not help under the GIL, see DESIGN.md):
+Loop, in one thread (threads do not help under the GIL, see docs/ARCHITECTURE.md):
 
 1. ``consume`` a batch of messages from the funnel and the control topic;
 2. control records change the delay at once;

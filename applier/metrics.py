@@ -43,7 +43,7 @@ from funnel.topic import FunnelAdmin
 log = logging.getLogger("timefunnel.metrics")
 MICROS = 1_000_000
 STATES = ("running", "holding", "promoted")
-# Group commits take milliseconds to seconds (DESIGN.md: 1 to 20,000 rows per commit).
+# Group commits take milliseconds to seconds (docs/ARCHITECTURE.md: 1 to 20,000 rows per commit).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 

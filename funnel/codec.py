@@ -5,7 +5,7 @@ CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the 
 binary body.  So every message names the schema that wrote it, and any Avro reader
 holding ``schemas/`` can decode it.
 
-Two paths, because decoding is the apply bottleneck (DESIGN.md, Performance notes):
+Two paths, because decoding is the apply bottleneck (docs/ARCHITECTURE.md, Performance notes):
 
 - The current schema is written and read by a coder specialised to its layout
   (``_write_batch`` / ``_read_batch``).  fastavro is generic: it picks every union
