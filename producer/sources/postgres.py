@@ -557,6 +557,11 @@ class PostgresSource:
             with _server_errors(f"cannot drop publication {self.publication}"):
                 self._conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.publication)))
 
+    def uninstall(self) -> list[str]:
+        """drop(), reporting what was there (``uninstall``)."""
+        self._close_stream()
+        return uninstall(self.url, self.slot, self.publication if self.own_publication else None)
+
     def close(self) -> None:
         """Sends the last acknowledgement, ends the stream and disconnects; the slot stays."""
         try:
@@ -765,6 +770,27 @@ class PostgresSource:
             except psycopg.Error as exc:
                 raise SourceError(f"cannot drop replication slot {self.slot}: {exc}") from exc
 
+
+
+def uninstall(url: str, slot: str, publication: str | None) -> list[str]:
+    """Drops replication slot ``slot`` of this database (it would keep WAL forever) and
+    ``publication`` (the one capture created), without the checks capturing needs: the
+    database may be frozen read-only or hold no table.  Returns what it dropped.
+    Raises SourceError, e.g. while a capture still streams from the slot."""
+    removed = []
+    with connect(url) as conn, _server_errors(f"cannot remove the capture of slot {slot}"):
+        conn.execute("SET default_transaction_read_only = off")
+        try:
+            if conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                            "WHERE slot_name = %s AND database = current_database()", (slot,)).fetchall():
+                removed.append(f"replication slot {slot}")
+        except psycopg.errors.ObjectInUse as exc:
+            raise SourceError(f"cannot drop replication slot {slot}: {exc}",
+                              hint="is a capture still running on that slot? stop it first") from exc
+        if publication and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
+            conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+            removed.append(f"publication {publication}")
+    return removed
 
 # -- initial copy ----------------------------------------------------------------------
 
