@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from funnel.errors import ConfigError
 from funnel.urls import masked_password
 
 INTERNAL_PREFIX = "_timefunnel_"  # timefunnel's own tables, never the application's
+FETCH_ROWS = 5000
 
 
 class Database(Protocol):
@@ -94,3 +95,9 @@ def is_driver_error(exc: Exception) -> bool:
     except ImportError:  # pragma: no cover - psycopg is a dependency
         return False
     return isinstance(exc, psycopg.Error)
+
+
+def fetch_all(cursor: Any) -> Iterator[Any]:
+    """The cursor's rows, FETCH_ROWS at a time: a checksum of a big table never holds it all."""
+    while rows := cursor.fetchmany(FETCH_ROWS):
+        yield from rows

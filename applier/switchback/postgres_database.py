@@ -15,7 +15,7 @@ from typing import Any
 from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row, position_to_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
-from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, quote
+from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
 from applier.switchback.state import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
@@ -226,7 +226,7 @@ class PostgresDatabase:
                 columns = ", ".join(quote(c) + (f"::{t}" if t else "") for c, t in zip(shape.columns, types))
                 with conn.cursor(name="timefunnel_checksum") as cursor:
                     cursor.execute(f"SELECT {columns} FROM {_pg_name(shape.name)}")
-                    result[shape.name] = checksum_rows(_fetch_all(cursor))
+                    result[shape.name] = checksum_rows(fetch_all(cursor))
             conn.rollback()
         return result
 

@@ -20,7 +20,7 @@ from typing import Any
 from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
-from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, quote
+from applier.switchback.databases import FETCH_ROWS, INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
 from applier.switchback.state import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.identity import sqlite_identity
@@ -28,7 +28,6 @@ from funnel.urls import sqlite_path
 
 FREEZE_PREFIX = "timefunnel_freeze_"
 CHANGELOG = "_timefunnel_changelog"  # the SQLite capture's changelog (producer.sources.sqlite)
-FETCH_ROWS = 5000
 
 
 class SqliteDatabase:
@@ -244,7 +243,7 @@ class SqliteDatabase:
                 conn.execute("BEGIN")
                 for shape in shapes:
                     columns = ", ".join(quote(c) for c in shape.columns)
-                    rows = _fetch_all(conn.execute(f"SELECT {columns} FROM {quote(shape.name)}"))
+                    rows = fetch_all(conn.execute(f"SELECT {columns} FROM {quote(shape.name)}"))
                     if as_types and shape.name in as_types:
                         rows = _with_affinity(rows, as_types[shape.name])
                     result[shape.name] = checksum_rows(rows)
@@ -309,11 +308,6 @@ def _freeze_trigger(table: str, op: str) -> str:
 def _freeze_triggers(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
             if row[0].startswith(FREEZE_PREFIX)]
-
-
-def _fetch_all(cursor: Any):
-    while rows := cursor.fetchmany(FETCH_ROWS):
-        yield from rows
 
 
 def _processes_holding(path: str, limit: int = 5) -> list[str]:
