@@ -294,6 +294,30 @@ def _body_error(data: bytes, fp: bytes, what: str) -> CodecError:
     return CodecError(f"cannot decode {len(data)}-byte message (schema {fp.hex()}): {what}")
 
 
+
+def record_of(batch: ChangeBatch) -> dict[str, Any]:
+    """The batch as the dicts fastavro writes and reads (the inverse of ``_batch_from_record``):
+    for writing with fastavro directly, as the unit tests and ``bench/codec.py`` do."""
+    return {
+        "source": batch.source,
+        "txid": batch.txid,
+        "commit_ts": batch.commit_ts,
+        "position": batch.position,
+        "seq": batch.seq,
+        "tx_rows": batch.tx_rows,
+        "kind": batch.kind.name,
+        "changes": [
+            {
+                "table": g.table,
+                "op": g.op.name,
+                "columns": g.columns,
+                "key": g.key,
+                "rows": [{"before": r.before, "after": r.after} for r in g.rows],
+            }
+            for g in batch.changes
+        ],
+    }
+
 def _batch_from_record(record: dict[str, Any]) -> ChangeBatch:
     """The batch in a record as fastavro returns it (dicts, enum symbols as str)."""
     groups = [
