@@ -29,7 +29,7 @@ Phases, in order (``complete`` moves through the second half)::
   ``funnel capture`` and ``funnel apply`` as before.
 
 No I/O here: the phases (``prepare``, ``complete``, ``abort``, ``report``) read and write the
-record and calls these functions to decide.
+record and call these functions to decide.
 """
 from __future__ import annotations
 
