@@ -1,6 +1,6 @@
 """The delayed applier: reads the funnel, holds each transaction until it is due, applies it whole.
 
-Loop, in one thread (threads do not help under the GIL, see DESIGN.md):
+Loop, in one thread (threads do not help under the GIL, see docs/ARCHITECTURE.md):
 
 1. ``consume`` a batch of messages from the funnel and the control topic;
 2. control records change the delay at once;
@@ -32,6 +32,7 @@ from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, und
 from applier.sinks.base import Sink
 from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
+from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel, check_mirror_id, command_key, decode_record, delay_key, status_key
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
@@ -41,10 +42,6 @@ from funnel.kafka import KafkaSettings, control_topic, data_topic, retry_transie
 
 log = logging.getLogger("timefunnel.applier")
 MICROS = 1_000_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

@@ -35,15 +35,17 @@ from prometheus_client.registry import Collector
 
 from applier import schedule
 from funnel import headers
-from funnel.errors import ConfigError, FunnelError, TimeFunnelError
+from funnel.errors import FunnelError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings
+from funnel.metrics_endpoint import MetricsEndpoint, new_registry, sample, serve_registry
 from funnel.topic import FunnelAdmin
 
 log = logging.getLogger("timefunnel.metrics")
 MICROS = 1_000_000
-STATES = ("running", "holding", "promoted")
-# Group commits take milliseconds to seconds (DESIGN.md: 1 to 20,000 rows per commit).
+STATES = ("running", "holding", "promoted")  # MirrorPosition.mode
+LABELS = ("funnel", "mirror")
+# Group commits take milliseconds to seconds (docs/ARCHITECTURE.md: 1 to 20,000 rows per commit).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -242,25 +244,16 @@ class PendingScanner:
 
 
 # -- the collector --------------------------------------------------------------------
-def mirror_state(applier) -> str:
-    """running | holding | promoted: the applier's ``state`` string if it has one, else its position's mode."""
-    state = getattr(applier, "state", None)
-    if isinstance(state, str):
-        return state
-    return getattr(applier.position, "mode", None) or "running"
-
-
 class ApplierCollector(Collector):
     """Reads one Applier (and its PendingScanner) whenever Prometheus scrapes."""
 
-    def __init__(self, applier, scanner: PendingScanner, clock=None) -> None:
+    def __init__(self, applier, scanner: PendingScanner) -> None:
         self.applier = applier
         self.scanner = scanner
-        self.clock = clock or applier.clock
 
     def collect(self) -> Iterator[Metric]:
         a = self.applier
-        now = self.clock()
+        now = a.clock()
         labels = [a.options.funnel, a.options.mirror]
         position = a.position
         held = list(a.held)  # one C-level copy: the apply thread may change the deque meanwhile
@@ -268,16 +261,10 @@ class ApplierCollector(Collector):
         retention_s = self.scanner.retention_s
 
         def gauge(name: str, doc: str, value: float | None) -> Iterable[Metric]:
-            if value is None:
-                return ()
-            family = GaugeMetricFamily(name, doc, labels=["funnel", "mirror"])
-            family.add_metric(labels, value)
-            return (family,)
+            return sample(GaugeMetricFamily, name, doc, LABELS, labels, value)
 
         def counter(name: str, doc: str, value: float) -> Metric:
-            family = CounterMetricFamily(name, doc, labels=["funnel", "mirror"])
-            family.add_metric(labels, value)
-            return family
+            return sample(CounterMetricFamily, name, doc, LABELS, labels, value)[0]
 
         yield from gauge("timefunnel_mirror_delay_seconds", "Configured delay of the mirror.", a.delay_us / MICROS)
         yield from gauge("timefunnel_mirror_valid_as_of_timestamp_seconds",
@@ -303,8 +290,8 @@ class ApplierCollector(Collector):
                          math.inf if math.isinf(retention_s) else ((oldest or now) + retention_s * MICROS - now) / MICROS)
         state = GaugeMetricFamily("timefunnel_mirror_state", "1 for the mirror's current state, else 0.",
                                   labels=["funnel", "mirror", "state"])
-        current = mirror_state(a)
-        for name in STATES + ((current,) if current not in STATES else ()):
+        current = position.mode
+        for name in STATES:
             state.add_metric(labels + [name], 1.0 if name == current else 0.0)
         yield state
         yield counter("timefunnel_applied_transactions", "Transactions applied to the mirror (heartbeats not "
@@ -325,95 +312,25 @@ class ApplierCollector(Collector):
                  "or after the mirror's next offset.", pending.transactions),
                 ("timefunnel_pending_events", "Kafka messages of the pending transactions.", pending.events),
                 ("timefunnel_pending_rows", "Row changes in the pending transactions.", pending.rows)):
-            family = GaugeMetricFamily(name, doc, labels=["funnel", "mirror"])
-            family.add_metric(labels, value)
-            yield family
+            yield from sample(GaugeMetricFamily, name, doc, LABELS, labels, value)
 
 
-# -- apply durations ------------------------------------------------------------------
-class _TimedSink:
-    """Times each group commit into the mirror database, for appliers without ``apply_observers``."""
-
-    def __init__(self, sink, observe) -> None:
-        self._sink = sink
-        self._observe = observe
-
-    def apply(self, transactions, position):
-        started = time.perf_counter()
-        rows = self._sink.apply(transactions, position)
-        if transactions:  # an empty apply only stores a position (seek, promote)
-            self._observe(time.perf_counter() - started)
-        return rows
-
-    def __getattr__(self, name: str):
-        return getattr(self._sink, name)
-
-
-def observe_apply_durations(applier, histogram) -> None:
-    """Feed ``histogram`` with the duration of every group commit (decode + write + commit).
-
-    Uses the applier's ``apply_observers`` hook when it has one; else times the sink's
-    ``apply`` (write + commit only, without decoding).
-    """
-    observers = getattr(applier, "apply_observers", None)
-    if observers is not None:
-        observers.append(lambda seconds, *_: histogram.observe(seconds))
-    else:
-        applier.sink = _TimedSink(applier.sink, histogram.observe)
-
-
-# -- the endpoint ---------------------------------------------------------------------
-class MetricsEndpoint:
-    """The HTTP server of ``/metrics`` and what feeds it; ``close()`` stops both."""
-
-    def __init__(self, server, scanner: PendingScanner | None, url: str) -> None:
-        self.server = server
-        self.scanner = scanner
-        self.url = url
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        if self.scanner is not None:
-            self.scanner.close()
-
-
+# -- apply durations and the endpoint ------------------------------------------------
 def registry_for(applier, scanner: PendingScanner) -> CollectorRegistry:
-    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    registry.register(ApplierCollector(applier, scanner))
+    """The applier's collector plus the apply-duration histogram, fed by ``apply_observers``."""
+    registry = new_registry(ApplierCollector(applier, scanner))
     histogram = Histogram("timefunnel_apply_duration_seconds", "Duration of one group commit onto the mirror.",
                           ["funnel", "mirror"], registry=registry, buckets=APPLY_BUCKETS)
-    observe_apply_durations(applier, histogram.labels(applier.options.funnel, applier.options.mirror))
+    observe = histogram.labels(applier.options.funnel, applier.options.mirror).observe
+    applier.apply_observers.append(lambda seconds, *_: observe(seconds))
     return registry
-
-
-def start_http(registry: CollectorRegistry, port: int, addr: str):
-    """Serve ``registry`` on http://addr:port/metrics (port 0: any free port). Returns (server, url).
-
-    Raises ConfigError when the address cannot be bound.
-    """
-    from prometheus_client import start_http_server
-
-    try:
-        server, _ = start_http_server(port, addr=addr, registry=registry)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
-                          hint="choose another --metrics-port (0 picks a free one) or --metrics-addr") from exc
-    host = f"[{addr}]" if ":" in addr else addr
-    return server, f"http://{host}:{server.server_port}/metrics"
 
 
 def serve(applier, port: int, addr: str = "127.0.0.1", retention_refresh_s: float = 5.0) -> MetricsEndpoint:
     """Expose ``applier`` (already started) on /metrics. Raises ConfigError, FunnelError."""
     scanner = PendingScanner(applier, retention_refresh_s).start()
     try:
-        server, url = start_http(registry_for(applier, scanner), port, addr)
+        return serve_registry(registry_for(applier, scanner), port, addr, on_close=scanner.close)
     except BaseException:
         scanner.close()
         raise
-    return MetricsEndpoint(server, scanner, url)

@@ -1,12 +1,12 @@
 """Rows/s of PostgresSink.apply against a hand-written COPY upsert baseline, as one JSON object.
 
-Workload (DESIGN.md, Performance notes): source transactions of 10 rows, 8 mixed-type
+Workload (docs/ARCHITECTURE.md, Performance notes): source transactions of 10 rows, 8 mixed-type
 columns (bigint key, text, integer, numeric(12,2) and timestamptz as canonical text,
 text with non-ASCII, boolean, bytea), half inserts of new keys and half updates of
 random existing keys; 100 transactions per apply call, i.e. 1,000 rows per commit.
 
-The baseline applies the same rows without the sink, the way DESIGN.md measured the
-fastest path: collapse each 1,000-row commit to the last image per key, binary COPY it
+The baseline applies the same rows without the sink, the fastest path measured
+(docs/ARCHITECTURE.md): collapse each 1,000-row commit to the last image per key, binary COPY it
 into a temp table (numeric and timestamptz as text), then one
 ``INSERT ... SELECT ... ON CONFLICT (id) DO UPDATE`` with casts, and commit.  Both use
 their own connection with synchronous_commit=off (the sink's setting) on one fresh

@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import fastavro  # noqa: E402
 
-from funnel.codec import HEADER_SIZE, EventCodec  # noqa: E402
+from funnel.codec import HEADER_SIZE, EventCodec, record_of  # noqa: E402
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges  # noqa: E402
 
 COLUMNS = ["id", "name", "price", "active", "note", "blob", "qty", "updated_at"]
@@ -61,29 +61,6 @@ def make_batch(rows: int) -> ChangeBatch:
     )
 
 
-def as_record(batch: ChangeBatch) -> dict[str, Any]:
-    """The batch as the dicts fastavro reads and writes."""
-    return {
-        "source": batch.source,
-        "txid": batch.txid,
-        "commit_ts": batch.commit_ts,
-        "position": batch.position,
-        "seq": batch.seq,
-        "tx_rows": batch.tx_rows,
-        "kind": batch.kind.name,
-        "changes": [
-            {
-                "table": g.table,
-                "op": g.op.name,
-                "columns": g.columns,
-                "key": g.key,
-                "rows": [{"before": r.before, "after": r.after} for r in g.rows],
-            }
-            for g in batch.changes
-        ],
-    }
-
-
 def rate(fn: Callable[[], object], rows: int, repeat: int) -> float:
     number = 10
     best = min(timeit.repeat(fn, number=number, repeat=repeat)) / number
@@ -99,7 +76,7 @@ def main() -> None:
     codec = EventCodec()
     schema = codec.writer_schema  # the same parsed schema the codec writes
     batch = make_batch(args.rows)
-    record = as_record(batch)
+    record = record_of(batch)
     message = codec.encode(batch)
     body = message[HEADER_SIZE:]
     if codec.decode(message) != batch:

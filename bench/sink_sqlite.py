@@ -1,6 +1,6 @@
 """Rows/s of SqliteSink.apply against a raw executemany upsert baseline, as one JSON object.
 
-Workload (DESIGN.md, Performance notes): source transactions of 10 rows, 8 mixed-type
+Workload (docs/ARCHITECTURE.md, Performance notes): source transactions of 10 rows, 8 mixed-type
 columns, half inserts of new keys and half updates of random existing keys; 100
 transactions per apply call, i.e. 1,000 rows per commit.  The baselines upsert the
 same rows with one ``executemany`` per 1,000-row commit:
@@ -8,7 +8,8 @@ same rows with one ``executemany`` per 1,000-row commit:
 * ``baseline``: the sink's own pragmas (``MIRROR_PRAGMAS``: WAL, synchronous=NORMAL,
   a checkpoint every 10,000 pages), so ``ratio`` is the cost of the sink's code alone;
 * ``baseline_wal_normal``: only WAL and synchronous=NORMAL (SQLite's default
-  checkpointing), the configuration of DESIGN.md's figures.
+  checkpointing), the baseline configuration of
+  docs/ARCHITECTURE.md.
 
 All write to fresh files in one temporary directory and are timed call by call,
 interleaved, so all see the same machine noise; building the events is not timed.

@@ -4,7 +4,7 @@ The broker is the real one: the official ``org.apache.kafka:kafka_2.13`` jars fr
 Maven Central, resolved once with Maven into the user's cache directory and started
 with Java 17.  We never substitute a Kafka-compatible imitation: the properties the
 funnel relies on (``offsets_for_times``, watermarks, transactions, compaction) are
-exactly what imitations get wrong (DESIGN.md, Local broker).
+exactly what imitations get wrong (docs/ARCHITECTURE.md, Local broker).
 
 Use it from code as a context manager::
 

@@ -5,7 +5,7 @@ CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the 
 binary body.  So every message names the schema that wrote it, and any Avro reader
 holding ``schemas/`` can decode it.
 
-Two paths, because decoding is the apply bottleneck (DESIGN.md, Performance notes):
+Two paths, because decoding is the apply bottleneck (docs/ARCHITECTURE.md, Performance notes):
 
 - The current schema is written and read by a coder specialised to its layout
   (``_write_batch`` / ``_read_batch``).  fastavro is generic: it picks every union
@@ -293,6 +293,30 @@ def _body_error(data: bytes, fp: bytes, what: str) -> CodecError:
     what = " ".join(what.split())  # one line, even when fastavro's message is not
     return CodecError(f"cannot decode {len(data)}-byte message (schema {fp.hex()}): {what}")
 
+
+
+def record_of(batch: ChangeBatch) -> dict[str, Any]:
+    """The batch as the dicts fastavro writes and reads (the inverse of ``_batch_from_record``):
+    for writing with fastavro directly, as the unit tests and ``bench/codec.py`` do."""
+    return {
+        "source": batch.source,
+        "txid": batch.txid,
+        "commit_ts": batch.commit_ts,
+        "position": batch.position,
+        "seq": batch.seq,
+        "tx_rows": batch.tx_rows,
+        "kind": batch.kind.name,
+        "changes": [
+            {
+                "table": g.table,
+                "op": g.op.name,
+                "columns": g.columns,
+                "key": g.key,
+                "rows": [{"before": r.before, "after": r.after} for r in g.rows],
+            }
+            for g in batch.changes
+        ],
+    }
 
 def _batch_from_record(record: dict[str, Any]) -> ChangeBatch:
     """The batch in a record as fastavro returns it (dicts, enum symbols as str)."""

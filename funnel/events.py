@@ -2,9 +2,9 @@
 
 One Kafka message carries one *batch*: a chunk of one source transaction, with the
 transaction fields once and the row changes grouped by table and operation, column
-names once per group and each row image as a list in column order.  DESIGN.md
-describes one message per row change; we chose chunks because Avro decoding is the
-apply bottleneck (DESIGN.md, Performance notes) and a chunk decodes several times
+names once per group and each row image as a list in column order.  The first
+design notes had one message per row change; we chose chunks because Avro decoding is the
+apply bottleneck (docs/ARCHITECTURE.md, Performance notes) and a chunk decodes several times
 faster per row than a row-per-message map of unions.  Every per-row field of the
 design is still there: ``seq`` is the index of the chunk's first row in its
 transaction and ``tx_rows`` the transaction's total, so a reader knows when it holds

@@ -18,10 +18,11 @@ from typing import Iterator, Mapping
 
 from confluent_kafka import KafkaException
 
+from funnel.clock import now_us
 from funnel.errors import ConfigError
 from funnel.events import Op, Row, TableChanges, Value
 from funnel.kafka import KafkaSettings, kafka_error, resolve_bootstrap
-from producer.publisher import EventPublisher, now_us
+from producer.publisher import EventPublisher
 from producer.sources.base import SourceTransaction
 
 

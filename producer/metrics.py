@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from funnel.errors import ConfigError
+from funnel.metrics_endpoint import MetricsEndpoint, new_registry, sample, serve_registry
 
 MICROS = 1_000_000
 
@@ -29,11 +28,7 @@ class CaptureCollector(Collector):
         labels = [publisher.funnel, publisher.source]
 
         def family(kind, name: str, doc: str, value: float | None):
-            if value is None:
-                return ()
-            metric = kind(name, doc, labels=["funnel", "source"])
-            metric.add_metric(labels, value)
-            return (metric,)
+            return sample(kind, name, doc, ("funnel", "source"), labels, value)
 
         yield from family(CounterMetricFamily, "timefunnel_published_transactions",
                           "Source transactions and initial copies published into the funnel.",
@@ -57,38 +52,9 @@ class CaptureCollector(Collector):
                           stats.last_commit_ts / MICROS if stats.last_commit_ts else None)
 
 
-class MetricsEndpoint:
-    def __init__(self, server, url: str) -> None:
-        self.server = server
-        self.url = url
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def registry_for(capture) -> CollectorRegistry:
-    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    registry.register(CaptureCollector(capture))
-    return registry
-
-
 def serve(capture, port: int, addr: str = "127.0.0.1") -> MetricsEndpoint:
     """Serve the capture's metrics on http://addr:port/metrics (port 0: any free port).
 
     Raises ConfigError when the address cannot be bound.
     """
-    from prometheus_client import start_http_server
-
-    try:
-        server, _ = start_http_server(port, addr=addr, registry=registry_for(capture))
-    except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}",
-                          hint="choose another --metrics-port (0 picks a free one) or --metrics-addr") from exc
-    host = f"[{addr}]" if ":" in addr else addr
-    return MetricsEndpoint(server, f"http://{host}:{server.server_port}/metrics")
+    return serve_registry(new_registry(CaptureCollector(capture)), port, addr)

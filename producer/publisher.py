@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from funnel import headers
+from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.errors import CodecError, FunnelError
 from funnel.events import ChangeBatch, Kind, TableChanges
@@ -26,10 +27,6 @@ from producer.sources.base import SourceTransaction
 TIMEOUT_S = 30.0
 # Keep each message well under the broker's default message.max.bytes (1 MiB).
 MAX_MESSAGE_BYTES = 900_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,

@@ -14,7 +14,7 @@ function: text COPY into a staging table typed like the mirror table, or strings
 with an unknown type in executemany.  Floats and big ints travel exactly (binary float8,
 digits); bytea stays bytes.
 
-How rows are written (see DESIGN.md, Performance notes, for the measured figures):
+How rows are written (see docs/ARCHITECTURE.md, Performance notes):
 
 * consecutive upserts (snapshot, insert, update) of one table are merged across the
   source transactions of an apply call and collapsed to the last image per key;

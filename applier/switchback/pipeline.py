@@ -4,7 +4,8 @@ Both halves are the library's own pieces (``producer.capture.Capture`` and
 ``applier.applier.Applier``), stepped in turn in one thread: the loop decides when the
 capture may publish (the freeze watches the changelog while the capture pauses) and
 when the applier must have caught up (the drain).  The capture side is built by the CLI
-layer (``CapturePort``), so that this package does not import the producer.
+layer (``CapturePort``), so that this package does not import the producer; ``reverse``
+opens the pipeline for the phases.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ class CapturePort(Protocol):
         ...
 
     def remove(self, url: str, funnel: str) -> list[str]:
-        """Remove what a capture of ``url`` into ``funnel`` installed (triggers and changelog,
-        or replication slot and publication); returns what was removed, one item each."""
+        """Remove what a capture of ``url`` into ``funnel`` installed (``Source.uninstall``: triggers
+        and changelog, or replication slot and publication); returns what was removed, one item each."""
         ...
 
     def default_source_name(self, url: str) -> str: ...

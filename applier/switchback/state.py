@@ -28,8 +28,8 @@ Phases, in order (``complete`` moves through the second half)::
 - done: the mirror is unfrozen and the reverse capture removed; run the forward
   ``funnel capture`` and ``funnel apply`` as before.
 
-No I/O here: the orchestration (``applier.switchback.runner``) reads and writes the
-record and calls these functions to decide.
+No I/O here: the phases (``prepare``, ``complete``, ``abort``, ``report``) read and write the
+record and call these functions to decide.
 """
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """``funnel promote ID [--at T] [--exclude-txid X ...] [--on-promote CMD]``: the takeover."""
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-
 import click
 
 from applier.pointintime import Target
@@ -12,6 +8,7 @@ from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, run_comman
 from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.cli.seek import render_plan, sink_option
 from funnel.errors import TimeFunnelError
+from funnel.hooks import run_hook
 from funnel.timeparse import format_time
 from funnel.urls import without_password
 
@@ -55,7 +52,7 @@ def promote(mirror: str, at_text: str | None, excluded: tuple[str, ...], hook: s
         env = {"FUNNEL_NAME": funnel_name, "FUNNEL_MIRROR": mirror, "FUNNEL_TARGET_TIME": format_time(target),
                "FUNNEL_PROMOTED_AT": format_time(status["promoted_at"]),
                "FUNNEL_SINK_URL": without_password(sink_url) if sink_url else (status.get("sink_url") or "")}
-        result["hook"] = run_hook(hook, env)
+        result["hook"] = run_hook(hook, env).as_dict()
         hook_failed = result["hook"]["exit_code"] != 0
     if as_json:
         echo_json(result)
@@ -81,15 +78,3 @@ def _same_promotion_already_recorded(position, at: int | None, excluded: tuple[s
     return {"promoted_at": position.promoted_at, "promote_target": position.promote_target,
             "next_offset": position.next_offset, "sink_url": None}
 
-
-def run_hook(command: str, env: dict[str, str], timeout_s: float = 600.0) -> dict:
-    """Run the takeover hook in a shell with the promotion in its environment; never raises."""
-    started = time.monotonic()
-    try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, **env})
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        code, output = 124, f"hook timed out after {timeout_s:.0f}s: {exc.stdout or ''}"
-    return {"command": command, "exit_code": code, "output": output,
-            "seconds": round(time.monotonic() - started, 3), "environment": env}

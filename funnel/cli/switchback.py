@@ -6,11 +6,6 @@ remove what a capture installed.
 """
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
-from pathlib import Path
-from urllib.parse import urlsplit
-
 import click
 
 from funnel.cli.options import (DURATION, MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings,
@@ -44,12 +39,9 @@ class ProducerPort:
         return Capture(source, publisher, control, CaptureOptions(poll_interval_s=self.poll_interval_s))
 
     def remove(self, url: str, funnel: str) -> list[str]:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme == "sqlite":
-            return _remove_sqlite_capture(url)
-        if scheme in ("postgresql", "postgres"):
-            return _remove_postgres_capture(url, funnel)
-        return []
+        from producer.sources import uninstall_capture
+
+        return uninstall_capture(url, funnel)
 
     def default_source_name(self, url: str) -> str:
         from producer.sources import source_name_for
@@ -57,68 +49,12 @@ class ProducerPort:
         return source_name_for(url)
 
 
-def _remove_sqlite_capture(url: str) -> list[str]:
-    """Drops the capture's triggers and bookkeeping tables (``producer.sources.sqlite``), in one transaction."""
-    from applier.switchback.state import SwitchbackError
-    from funnel.urls import sqlite_path
-    from producer.sources.sqlite import CAPTURED, CHANGELOG, GROUPS, LAYOUTS, PREFIX, quote_ident
-
-    path = sqlite_path(url)
-    if not Path(path).is_file():
-        return []
-    removed = []
-    try:
-        with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            objects = conn.execute("SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'table')").fetchall()
-            triggers = [name for kind, name in objects if kind == "trigger" and name.startswith(PREFIX)]
-            for name in triggers:
-                conn.execute(f"DROP TRIGGER {quote_ident(name)}")
-            if triggers:
-                removed.append(f"{len(triggers)} capture triggers")
-            for table in (CHANGELOG, GROUPS, LAYOUTS, CAPTURED):
-                if ("table", table) in objects:
-                    conn.execute(f"DROP TABLE {quote_ident(table)}")
-                    removed.append(table)
-            conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise SwitchbackError(f"cannot remove the capture from {path}: {exc}") from exc
-    return removed
-
-
-def _remove_postgres_capture(url: str, funnel: str) -> list[str]:
-    """Drops the capture's replication slot (it would keep WAL forever) and its own publication."""
-    import psycopg
-
-    from applier.switchback.state import SwitchbackError
-    from producer.sources.postgres import default_publication_name, default_slot_name
-
-    slot = default_slot_name(funnel)
-    publication = default_publication_name(slot)
-    removed = []
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10,
-                             application_name="timefunnel-switchback") as conn:
-            conn.execute("SET default_transaction_read_only = off")  # the mirror may still be frozen
-            if conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                            "WHERE slot_name = %s AND database = current_database()", (slot,)).fetchall():
-                removed.append(f"replication slot {slot}")
-            if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
-                conn.execute(f'DROP PUBLICATION "{publication}"')
-                removed.append(f"publication {publication}")
-    except psycopg.Error as exc:
-        raise SwitchbackError(f"cannot remove the capture of funnel {funnel!r}: {exc}",
-                              hint="is a capture still running on that slot? stop it first") from exc
-    return removed
-
-
 def _switchback(bootstrap: str | None, settings: tuple[str, ...], funnel: str, mirror: str,
                 poll_interval_s: float = 0.2):
     from applier.switchback.runner import Switchback
-    from funnel.cli.promote import run_hook
 
     kafka = kafka_settings(bootstrap, settings)
-    return Switchback(kafka, funnel, mirror, ProducerPort(kafka, poll_interval_s), run_hook,
+    return Switchback(kafka, funnel, mirror, ProducerPort(kafka, poll_interval_s),
                       echo=lambda line: click.echo(line), poll_interval_s=poll_interval_s)
 
 

@@ -40,6 +40,24 @@ def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = Fal
                       hint="use sqlite:///path/to/production.db or postgresql://user@host:port/database")
 
 
+
+def uninstall_capture(url: str, funnel: str) -> list[str]:
+    """Remove what a capture of ``url`` into ``funnel`` installed (``Source.uninstall``: SQLite
+    triggers and bookkeeping tables; PostgreSQL's slot and the publication capture created),
+    even where capturing would be refused (a frozen or empty database).  Returns what was
+    removed, one item each; [] for a URL no capture can have used.  Raises SourceError."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        from producer.sources.sqlite import uninstall
+
+        return uninstall(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from producer.sources.postgres import default_publication_name, default_slot_name, uninstall
+
+        slot = default_slot_name(funnel)
+        return uninstall(url, slot, default_publication_name(slot))
+    return []
+
 def _reject_postgres_options(**options: object) -> None:
     """Raises ConfigError naming the first PostgreSQL-only option that is set."""
     for name, value in options.items():

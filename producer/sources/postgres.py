@@ -146,6 +146,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from funnel.clock import now_us
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
 from funnel.tablenames import check_distinct
@@ -190,10 +191,6 @@ _BOOL_OID, _BYTEA_OID = 16, 17
 _IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 # Enum attribute access is slow in Python 3.11; these run once per row.
 _INSERT, _UPDATE, _DELETE, _TRUNCATE = Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def default_slot_name(funnel: str) -> str:
@@ -573,6 +570,11 @@ class PostgresSource:
             with _server_errors(f"cannot drop publication {self.publication}"):
                 self._conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.publication)))
 
+    def uninstall(self) -> list[str]:
+        """drop(), reporting what was there (``uninstall``)."""
+        self._close_stream()
+        return uninstall(self.url, self.slot, self.publication if self.own_publication else None)
+
     def close(self) -> None:
         """Sends the last acknowledgement, ends the stream and disconnects; the slot stays."""
         try:
@@ -781,6 +783,27 @@ class PostgresSource:
             except psycopg.Error as exc:
                 raise SourceError(f"cannot drop replication slot {self.slot}: {exc}") from exc
 
+
+
+def uninstall(url: str, slot: str, publication: str | None) -> list[str]:
+    """Drops replication slot ``slot`` of this database (it would keep WAL forever) and
+    ``publication`` (the one capture created), without the checks capturing needs: the
+    database may be frozen read-only or hold no table.  Returns what it dropped.
+    Raises SourceError, e.g. while a capture still streams from the slot."""
+    removed = []
+    with connect(url) as conn, _server_errors(f"cannot remove the capture of slot {slot}"):
+        conn.execute("SET default_transaction_read_only = off")
+        try:
+            if conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                            "WHERE slot_name = %s AND database = current_database()", (slot,)).fetchall():
+                removed.append(f"replication slot {slot}")
+        except psycopg.errors.ObjectInUse as exc:
+            raise SourceError(f"cannot drop replication slot {slot}: {exc}",
+                              hint="is a capture still running on that slot? stop it first") from exc
+        if publication and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
+            conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
+            removed.append(f"publication {publication}")
+    return removed
 
 # -- initial copy ----------------------------------------------------------------------
 

@@ -52,11 +52,11 @@ import json
 import os
 import pathlib
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from funnel.clock import now_us
 from funnel.errors import ConfigError, SchemaChangedError, SourceError
 from funnel.events import Op, Row, TableChanges
 from funnel.tablenames import check_distinct, sqlite_event_name
@@ -69,11 +69,6 @@ CAPTURED = "_timefunnel_captured"  # the captured tables and their layouts, as i
 PREFIX = "_timefunnel_"
 _BASE_COLUMNS = 4  # seq, tbl, op, layout: the value columns v0.. follow
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
-
-
-def now_us() -> int:
-    """Wall-clock time in microseconds since the epoch (UTC): the default ``clock``."""
-    return time.time_ns() // 1000
 
 
 def quote_ident(name: str) -> str:
@@ -196,6 +191,10 @@ class SqliteSource:
             self._widen_changelog(conn, 2 * max(layout.width for layout in self._captured))
             self._sync_triggers(conn)
             self._schema_version = _schema_version(conn)
+
+    def uninstall(self) -> list[str]:
+        """Drops what install() created (``uninstall``); returns what it dropped."""
+        return uninstall(self.path, self._busy_timeout_s)
 
     def seal(self) -> int | None:
         """Closes the changes committed so far into a new group; returns its gid, or None.
@@ -747,6 +746,34 @@ def _table_kinds(conn: sqlite3.Connection) -> dict[str, str]:
 def _internal(name: str) -> bool:
     lowered = name.lower()
     return lowered.startswith("sqlite_") or lowered.startswith(PREFIX)
+
+
+
+def uninstall(path: str, busy_timeout_s: float = 30) -> list[str]:
+    """Drops the capture's triggers and bookkeeping tables from the file at ``path`` in one
+    write transaction, whatever its tables are now; returns what it dropped ([] for no file).
+    The capture cannot resume after this: the funnel needs a new initial copy.  Raises SourceError."""
+    if not os.path.isfile(path):
+        return []
+    removed = []
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        objects = conn.execute("SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'table')").fetchall()
+        triggers = [name for kind, name in objects if kind == "trigger" and name.startswith(PREFIX)]
+        for name in triggers:
+            conn.execute(f"DROP TRIGGER {quote_ident(name)}")
+        removed += [f"{len(triggers)} capture triggers"] if triggers else []
+        for table in (CHANGELOG, GROUPS, LAYOUTS, CAPTURED):
+            if ("table", table) in objects:
+                conn.execute(f"DROP TABLE {quote_ident(table)}")
+                removed.append(table)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise SourceError(f"cannot remove the capture from {path}: {exc}") from exc
+    finally:
+        conn.close()  # an open transaction is rolled back
+    return removed
 
 
 def _wrap(exc: sqlite3.Error, path: str, busy_timeout_s: float) -> SourceError:

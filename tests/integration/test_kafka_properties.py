@@ -1,6 +1,6 @@
 """The broker properties timefunnel relies on, checked against the real broker.
 
-Kafka-compatible imitations get exactly these wrong (DESIGN.md, Local broker).
+Kafka-compatible imitations get exactly these wrong (docs/ARCHITECTURE.md, Local broker).
 """
 from __future__ import annotations
 

@@ -20,17 +20,8 @@ from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.timeparse import format_time
 from producer.publisher import last_published_position
-from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
-
-TABLES = ["customers", "orders", "items"]
-POLL = "20ms"  # capture poll interval: groups stay small, so drills have many transactions
-
-SCHEMA = """
-CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL, note TEXT);
-CREATE TABLE items (id INTEGER PRIMARY KEY, order_id INTEGER, sku TEXT, qty INTEGER);
-"""
-
+from tests.support.processes import Background, run_funnel, start_funnel, wait_for
+from tests.support.shop import POLL, copy_of, create_shop, ok, place_order, rows, snapshot_applied
 
 class Shop:
     """The application: a thread writing customers, orders and items in small transactions."""
@@ -38,10 +29,7 @@ class Shop:
     def __init__(self, path: Path, seed: int, funnel: "FunnelView") -> None:
         self.path = path
         self.funnel = funnel
-        conn = sqlite3.connect(path)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
-        conn.close()
+        create_shop(path)
         self.rng = random.Random(seed)
         self.lock = threading.Lock()  # held by the "operator" to act between two app transactions
         self.stop = threading.Event()
@@ -62,17 +50,9 @@ class Shop:
         conn.close()
 
     def _one_transaction(self, conn: sqlite3.Connection) -> None:
-        n, rng = self.next_id, self.rng
+        n = self.next_id
         self.next_id += 1
-        conn.execute("BEGIN IMMEDIATE")
-        if n % 5 == 1:
-            conn.execute("INSERT INTO customers VALUES (?, ?)", (n, f"customer {n}"))
-        conn.execute("INSERT INTO orders VALUES (?, ?, ?, ?)", (n, n - n % 5 + 1, rng.random() * 100, f"o{n}"))
-        conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?)",
-                         [(n * 10 + i, n, f"sku-{rng.randrange(50)}", rng.randrange(1, 5)) for i in range(2)])
-        if n > 3:
-            conn.execute("UPDATE orders SET total = total + 1, note = note || '+' WHERE id = ?", (rng.randrange(1, n),))
-        conn.execute("COMMIT")
+        place_order(conn, n, self.rng)
         self.transactions += 1
 
     def act(self, sql: str | None) -> tuple[Path | None, int]:
@@ -86,11 +66,7 @@ class Shop:
         """
         with self.lock:
             boundary = self._published_up_to_now()
-            copy = self.path.with_name(f"copy-{time.time_ns()}.db")
-            source, target = sqlite3.connect(self.path), sqlite3.connect(copy)
-            source.backup(target)
-            source.close()
-            target.close()
+            copy = copy_of(self.path)
             moment = self.funnel.commit_ts_of(boundary) + 1
             if sql:
                 conn = sqlite3.connect(self.path, timeout=30)
@@ -134,23 +110,6 @@ class FunnelView:
                 if summary.kind is Kind.CHANGES and codec.decode(summary.payloads[0]).position == position:
                     return summary.commit_ts
         raise AssertionError(f"no source transaction ends at position {position}")
-
-
-def snapshot_applied(mirror: Path) -> bool:
-    conn = sqlite3.connect(mirror)
-    try:
-        return conn.execute("SELECT snapshot_done FROM _timefunnel_state").fetchone() == (1,)
-    finally:
-        conn.close()
-
-
-def rows(db: Path) -> dict[str, list[tuple]]:
-    return {table: table_rows(db, table) for table in TABLES}
-
-
-def ok(result) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
 
 
 def find_the_delete(bootstrap: str, funnel: str) -> dict:

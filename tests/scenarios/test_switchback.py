@@ -26,15 +26,7 @@ from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.topic import FunnelAdmin
 from tests.support.processes import Background, run_funnel, start_funnel, table_rows, wait_for
-
-TABLES = ["customers", "orders", "items"]
-POLL = "20ms"
-SCHEMA = """
-CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL, note TEXT);
-CREATE TABLE items (id INTEGER PRIMARY KEY, order_id INTEGER, sku TEXT, qty INTEGER);
-"""
-
+from tests.support.shop import POLL, copy_of, create_shop, ok, place_order, rows, snapshot_applied
 
 class App:
     """The application: writes orders in small transactions to the database named in ``<dir>/target``.
@@ -89,16 +81,8 @@ class App:
             conn.close()
 
     def _one_transaction(self, conn: sqlite3.Connection, target: str) -> None:
-        n, rng = self.next_id, self.rng
-        conn.execute("BEGIN IMMEDIATE")
-        if n % 5 == 1:
-            conn.execute("INSERT INTO customers VALUES (?, ?)", (n, f"customer {n}"))
-        conn.execute("INSERT INTO orders VALUES (?, ?, ?, ?)", (n, n - n % 5 + 1, rng.random() * 100, f"o{n}"))
-        conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?)",
-                         [(n * 10 + i, n, f"sku-{rng.randrange(50)}", rng.randrange(1, 5)) for i in range(2)])
-        if n > 3:
-            conn.execute("UPDATE orders SET total = total + 1, note = note || '+' WHERE id = ?", (rng.randrange(1, n),))
-        conn.execute("COMMIT")
+        n = self.next_id
+        place_order(conn, n, self.rng)
         self.next_id += 1
         self.committed.append((target, n, time.time_ns() // 1000))
 
@@ -107,11 +91,7 @@ class App:
         with self.lock:
             time.sleep(settle)
             path = Path(self.target_file.read_text().strip())
-            copy = path.with_name(f"copy-{time.time_ns()}.db")
-            source, target = sqlite3.connect(path), sqlite3.connect(copy)
-            source.backup(target)
-            source.close()
-            target.close()
+            copy = copy_of(path)
             moment = time.time_ns() // 1000
             time.sleep(0.002)
             if sql:
@@ -130,29 +110,12 @@ class App:
         self.thread.join(30)
 
 
-def rows(db: Path) -> dict[str, list[tuple]]:
-    return {table: table_rows(db, table) for table in TABLES}
-
-
 def schema_objects(db: Path) -> set[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {name for (name,) in conn.execute("SELECT name FROM sqlite_schema")}
     finally:
         conn.close()
-
-
-def snapshot_applied(mirror: Path) -> bool:
-    conn = sqlite3.connect(mirror)
-    try:
-        return conn.execute("SELECT snapshot_done FROM _timefunnel_state").fetchone() == (1,)
-    finally:
-        conn.close()
-
-
-def ok(result) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
 
 
 def refused(bootstrap: str, *args: str) -> str:
@@ -196,10 +159,7 @@ class Site:
     def __init__(self, bootstrap, procs, tmp_path, funnel: str, delay: str, seed: int) -> None:
         self.bootstrap, self.procs, self.tmp_path, self.funnel, self.delay = bootstrap, procs, tmp_path, funnel, delay
         self.prod, self.mirror = tmp_path / "prod.db", tmp_path / "mirror.db"
-        conn = sqlite3.connect(self.prod)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
-        conn.close()
+        create_shop(self.prod)
         self.app = App(tmp_path / "app", self.prod, seed).start()
         self.forward()
         wait_for(lambda: self.mirror.exists() and snapshot_applied(self.mirror), 30, what="the copy on the mirror")

@@ -15,7 +15,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 import schemas
 from funnel import codec as codec_module
-from funnel.codec import HEADER_SIZE, MAGIC, EventCodec
+from funnel.codec import HEADER_SIZE, MAGIC, EventCodec, record_of
 from funnel.errors import CodecError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 
@@ -45,29 +45,6 @@ def one_value_batch(value: Any) -> ChangeBatch:
 
 def round_trip(batch: ChangeBatch, codec: EventCodec = CODEC) -> ChangeBatch:
     return codec.decode(codec.encode(batch))
-
-
-def as_record(batch: ChangeBatch) -> dict[str, Any]:
-    """The batch as fastavro's dicts, to compare against fastavro itself."""
-    return {
-        "source": batch.source,
-        "txid": batch.txid,
-        "commit_ts": batch.commit_ts,
-        "position": batch.position,
-        "seq": batch.seq,
-        "tx_rows": batch.tx_rows,
-        "kind": batch.kind.name,
-        "changes": [
-            {
-                "table": g.table,
-                "op": g.op.name,
-                "columns": g.columns,
-                "key": g.key,
-                "rows": [{"before": r.before, "after": r.after} for r in g.rows],
-            }
-            for g in batch.changes
-        ],
-    }
 
 
 def current_schema() -> dict[str, Any]:
@@ -299,7 +276,7 @@ def _corpus() -> list[ChangeBatch]:
 @pytest.mark.parametrize("batch", _corpus())
 def test_body_is_byte_identical_to_fastavro(batch: ChangeBatch) -> None:
     fo = io.BytesIO()
-    fastavro.schemaless_writer(fo, parse_schema(current_schema()), as_record(batch))
+    fastavro.schemaless_writer(fo, parse_schema(current_schema()), record_of(batch))
     message = CODEC.encode(batch)
     assert message[HEADER_SIZE:] == fo.getvalue()
     # And the specialised reader reads what fastavro wrote.
@@ -391,7 +368,7 @@ def test_older_writer_without_kind_decodes_with_the_field_default() -> None:
     v0 = current_schema()
     v0["fields"] = [f for f in v0["fields"] if f["name"] != "kind"]
     batch = make_batch(group(Op.UPDATE, OP_ROWS[Op.UPDATE]))
-    record = as_record(batch)
+    record = record_of(batch)
     del record["kind"]
     message = _write_with(v0, record)
 
@@ -412,7 +389,7 @@ def test_older_writer_symbols_resolve_to_the_enum_defaults() -> None:
     fields["kind"]["type"]["symbols"].append("CHECKPOINT")
     group_fields = fields["changes"]["type"]["items"]["fields"]
     group_fields[1]["type"]["symbols"].append("MERGE")
-    record = as_record(make_batch(group(Op.INSERT, [Row(None, image(1))])))
+    record = record_of(make_batch(group(Op.INSERT, [Row(None, image(1))])))
     record["kind"] = "CHECKPOINT"
     record["changes"][0]["op"] = "MERGE"
 
@@ -430,7 +407,7 @@ def test_older_writer_with_another_value_union_keeps_every_value_type() -> None:
         image_field["type"][1]["items"] = ["null", "bytes", "long", "string"]
     rows = [Row([1, "a", b"\xff\xfe", None], [2**62, "é", b"ok", b""])]
     batch = make_batch(group(Op.UPDATE, rows, columns=["w", "x", "y", "z"]))
-    decoded = EventCodec([old]).decode(_write_with(old, as_record(batch)))
+    decoded = EventCodec([old]).decode(_write_with(old, record_of(batch)))
     assert decoded == batch
     assert [type(v) for v in decoded.changes[0].rows[0].after] == [int, str, bytes, bytes]
 
@@ -440,7 +417,7 @@ def test_older_writer_value_the_reader_cannot_hold_raises_codec_error() -> None:
     row_fields = old["fields"][7]["type"]["items"]["fields"][4]["type"]["items"]["fields"]
     for image_field in row_fields:
         image_field["type"][1]["items"] = ["null", {"type": "map", "values": "long"}]
-    record = as_record(make_batch(group(Op.INSERT, [Row(None, [{"a": 1}])], columns=["m"])))
+    record = record_of(make_batch(group(Op.INSERT, [Row(None, [{"a": 1}])], columns=["m"])))
     with pytest.raises(CodecError, match="a dict value is not a column value"):
         EventCodec([old]).decode(_write_with(old, record))
 
@@ -448,7 +425,7 @@ def test_older_writer_value_the_reader_cannot_hold_raises_codec_error() -> None:
 def test_older_writer_body_that_is_truncated_raises_codec_error() -> None:
     v0 = current_schema()
     v0["fields"] = [f for f in v0["fields"] if f["name"] != "kind"]
-    record = as_record(make_batch(group(Op.INSERT, [Row(None, image(1))])))
+    record = record_of(make_batch(group(Op.INSERT, [Row(None, image(1))])))
     del record["kind"]
     message = _write_with(v0, record)
     codec = EventCodec([v0])
