@@ -1,0 +1,149 @@
+"""Trust under real conditions: capture and applier killed with kill -9 again and again,
+the broker killed and restarted, while a bank moves money in production and a reader
+checks the mirror's invariants on every read.
+
+These tests kill and restart a broker, so they run their own (``LocalBroker`` in a
+temporary state directory), never the session broker the other tests share.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from funnel.broker import LocalBroker, pid_alive
+from funnel.codec import EventCodec
+from funnel.kafka import KafkaSettings
+from funnel.reader import FunnelReader
+from tests.support import bank
+from tests.support.processes import ROOT, run_funnel, start_funnel, table_rows, wait_for
+
+POLL = "20ms"  # small capture groups: many transactions, many places to be killed in
+
+
+@pytest.fixture(scope="module")
+def own_broker():
+    """A broker of this module alone, which its tests may kill and restart."""
+    with tempfile.TemporaryDirectory(prefix="timefunnel-outage-broker-") as state:
+        with LocalBroker(state) as broker:
+            yield broker
+        LocalBroker(state).stop()  # the one `funnel broker start` brought back, if any
+
+
+def kill_broker(broker: LocalBroker) -> None:
+    """kill -9 the broker's JVM, as a crash would."""
+    info = broker.running()
+    assert info is not None, "the broker should run"
+    os.kill(info.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(info.pid), 30, what="the broker to die")
+    LocalBroker._reap(info.pid)
+
+
+def restart_broker(broker: LocalBroker) -> str:
+    """`funnel broker start` on the crashed broker's state directory; returns the address it printed."""
+    result = subprocess.run([sys.executable, "-m", "funnel.cli", "broker", "start", "--state-dir",
+                             str(broker.state_dir)], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+class MirrorChecker:
+    """Reads the mirror over and over, checking the bank's invariants on every read."""
+
+    def __init__(self, mirror: Path) -> None:
+        self.mirror = mirror
+        self.reads = 0
+        self.violations: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(f"file:{self.mirror}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        while not self.stop.is_set():
+            try:
+                found = bank.violations(conn)
+            except sqlite3.OperationalError as exc:  # a lock held past the timeout is not a violation
+                if "locked" not in str(exc):
+                    raise
+                continue
+            self.reads += 1
+            self.violations += found
+            time.sleep(0.01)
+        conn.close()
+
+    def __enter__(self) -> "MirrorChecker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def funnel_ledger_numbers(bootstrap: str, funnel: str) -> list[int]:
+    """Every ledger number the funnel holds, read back and decoded, doubles included."""
+    codec = EventCodec()
+    numbers: list[int] = []
+    with FunnelReader(KafkaSettings(bootstrap), funnel) as reader:
+        low, high = reader.watermarks()
+        for tx in reader.transactions(low, high, keep_payloads=True):
+            for payload in tx.payloads:
+                for group in codec.decode(payload).changes:
+                    if group.table.rsplit(".", 1)[-1] == "ledger":
+                        index = group.columns.index("n")
+                        numbers += [row.after[index] for row in group.rows if row.after is not None]
+    return numbers
+
+
+def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
+    boot = own_broker.bootstrap
+    funnel = "bank"
+    assert run_funnel(boot, "create", funnel, "--retention", "1d").returncode == 0
+    prod, mirror = tmp_path / "prod.db", tmp_path / "mirror.db"
+    bank.create_bank(str(prod))
+    procs: list = []
+    capture_args = ("capture", f"sqlite:///{prod}", "--funnel", funnel, "--poll-interval", POLL)
+    apply_args = ("apply", f"sqlite:///{mirror}", "--funnel", funnel, "--mirror", "m", "--delay", "0")
+    try:
+        capture = start_funnel(boot, procs, tmp_path, *capture_args)
+        applier = start_funnel(boot, procs, tmp_path, *apply_args)
+        wait_for(lambda: len(table_rows(mirror, "accounts")) == bank.ACCOUNTS, 60, what="the initial copy")
+        writer = subprocess.Popen([sys.executable, "-m", "tests.support.bank", str(prod), "--seconds", "120"],
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        with MirrorChecker(mirror) as checker:
+            for _ in range(3):
+                time.sleep(1.5)
+                capture.kill9()
+                capture = start_funnel(boot, procs, tmp_path, *capture_args)
+                time.sleep(1.5)
+                applier.kill9()
+                applier = start_funnel(boot, procs, tmp_path, *apply_args)
+            time.sleep(2)
+            kill_broker(own_broker)
+            time.sleep(5)  # production keeps writing while the broker is down
+            assert restart_broker(own_broker) == boot, "the broker must come back where its clients look"
+            writer.send_signal(signal.SIGTERM)
+            last = int(writer.communicate(timeout=60)[0])
+            wait_for(lambda: table_rows(mirror, "ledger")[-1:] == table_rows(prod, "ledger")[-1:], 120,
+                     what="the mirror to catch up after the broker restart")
+        assert capture.alive() and applier.alive(), "capture and applier ride through a broker restart"
+        assert checker.reads > 50, checker.reads
+        assert checker.violations == [], checker.violations[:5]
+        assert table_rows(mirror, "accounts") == table_rows(prod, "accounts")
+        assert table_rows(mirror, "ledger") == table_rows(prod, "ledger")
+        assert len(table_rows(mirror, "ledger")) == last > 100
+        missing, doubled = bank.ledger_counts(funnel_ledger_numbers(boot, funnel))
+        assert (missing, doubled) == ([], [])
+    finally:
+        for proc in procs:
+            proc.stop()
