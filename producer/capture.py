@@ -183,7 +183,8 @@ class Capture:
                 log.warning("capture still interrupted: %s", exc)
             if time.monotonic() >= deadline:
                 raise CaptureGaveUp(
-                    f"capture gave up after {format_duration(give_up)} of failed retries: {failure}",
+                    f"capture gave up after {format_duration(give_up)}: the broker or the source stayed "
+                    f"unreachable (last error: {failure})",
                     hint="check that the broker and the source database are up and reachable, then start "
                          "capture again: it resumes exactly where it stopped (--give-up-after waits longer)"
                 ) from failure

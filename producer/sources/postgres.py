@@ -52,7 +52,9 @@ A transaction's ``position`` is its commit's end LSN, ``txid`` its xid, ``commit
 commit time.  The slot's confirmed position advances only in ``acknowledge(position)``
 (called by the capture after the Kafka commit), so a crash loses nothing; after a restart
 the server resends from the confirmed position and ``transactions_after(position)`` skips
-what the funnel already has, by LSN.
+what the funnel already has, by LSN.  A dropped stream (walsender terminated, server
+restarted) raises ``SourceDisconnected``; ``rewind()`` reconnects and does the same
+in-process, which is how capture rides through it.
 
 An idle database still lets its slot advance, so that other databases' WAL does not pile
 up behind it: the walsender reports in keepalives how far it has decoded the WAL (its

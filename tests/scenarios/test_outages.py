@@ -147,3 +147,115 @@ def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_fenced_capture_says_so(bootstrap, funnel_name, tmp_path):
+    """A second capture of the same source fences the first, which stops and says why."""
+    prod = tmp_path / "prod.db"
+    bank.create_bank(str(prod))
+    procs: list = []
+    args = ("capture", f"sqlite:///{prod}", "--funnel", funnel_name, "--heartbeat", "200ms")
+    try:
+        first = start_funnel(bootstrap, procs, tmp_path, *args)
+        wait_for(lambda: funnel_has_events(bootstrap, funnel_name), 60, what="the initial copy")
+        second = start_funnel(bootstrap, procs, tmp_path, *args, "-v")
+        wait_for(lambda: not first.alive(), 90, what="the fenced capture to stop")
+        assert first.process.returncode == 1
+        output = first.output()
+        assert "Error: " in output and "fenced by a newer capture of this source" in output, output[-2000:]
+        assert "check --bootstrap" not in output and "Traceback" not in output, output[-2000:]
+        assert "retrying" not in output, "a fenced capture must not retry: it would fence the newer one"
+        assert second.alive(), second.output()[-2000:]
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def funnel_has_events(bootstrap: str, funnel: str) -> bool:
+    with FunnelReader(KafkaSettings(bootstrap), funnel) as reader:
+        low, high = reader.watermarks()
+        return high > low
+
+
+def test_capture_gives_up_after_the_given_time(own_broker, tmp_path):
+    """With the broker gone for good, capture exits 1 with one clear Error line after --give-up-after."""
+    boot = own_broker.bootstrap
+    funnel = "giveup"
+    assert run_funnel(boot, "create", funnel, "--retention", "1d").returncode == 0
+    prod = tmp_path / "prod.db"
+    bank.create_bank(str(prod))
+    procs: list = []
+    try:
+        capture = start_funnel(boot, procs, tmp_path, "capture", f"sqlite:///{prod}", "--funnel", funnel,
+                               "--give-up-after", "5s")
+        wait_for(lambda: funnel_has_events(boot, funnel), 60, what="the initial copy")
+        kill_broker(own_broker)
+        stopped = time.monotonic()
+        wait_for(lambda: not capture.alive(), 120, what="capture to give up")
+        took = time.monotonic() - stopped
+        output = capture.output()
+        assert capture.process.returncode == 1, output[-2000:]
+        assert "Error: capture gave up after 5s" in output and "Try: " in output, output[-2000:]
+        assert "Traceback" not in output, output[-3000:]
+        assert took >= 5, f"gave up after {took:.1f}s, before --give-up-after"
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def test_capture_reconnects_a_dropped_replication_stream(bootstrap, funnel_name, pg_databases, tmp_path):
+    """The walsender is terminated twice while production writes: capture reconnects from the
+    slot's confirmed position and the funnel holds every transaction exactly once."""
+    import psycopg
+
+    prod, _ = pg_databases
+    with psycopg.connect(prod, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ledger (n integer PRIMARY KEY, src integer NOT NULL, dst integer NOT NULL, "
+                     "amount integer NOT NULL)")
+    stop = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:
+        with psycopg.connect(prod, autocommit=True) as conn:
+            while not stop.is_set():
+                n = len(written) + 1
+                conn.execute("INSERT INTO ledger VALUES (%s, 0, 1, 5)", (n,))
+                written.append(n)
+                time.sleep(0.005)
+
+    procs: list = []
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name,
+                               "--poll-interval", POLL)
+        wait_for(lambda: funnel_has_events(bootstrap, funnel_name), 60, what="the initial copy")
+        writer.start()
+        for _ in range(2):
+            wait_for(lambda: len(written) > 50 and walsender_of(prod)[1] is not None, 60,
+                     what="capture to stream while production writes")
+            terminated = walsender_of(prod)[1]
+            with psycopg.connect(prod, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (terminated,))
+            wait_for(lambda: walsender_of(prod)[1] not in (None, terminated), 60, what="capture to reconnect")
+            time.sleep(1)
+        stop.set()
+        writer.join(30)
+        wait_for(lambda: max(funnel_ledger_numbers(bootstrap, funnel_name), default=0) == len(written), 90,
+                 what="every transaction in the funnel")
+        assert capture.alive(), capture.output()[-2000:]
+        assert capture.output().count("capture resumed") >= 2, capture.output()[-2000:]
+        numbers = funnel_ledger_numbers(bootstrap, funnel_name)
+        assert bank.ledger_counts(numbers) == ([], []) and len(numbers) == len(written)
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.stop()
+
+
+def walsender_of(url: str) -> tuple[str, int | None]:
+    """(slot name, pid of the walsender streaming it) of the one slot of the database at ``url``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots "
+                            "WHERE database = current_database()").fetchone()
