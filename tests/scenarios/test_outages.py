@@ -63,8 +63,15 @@ class MirrorChecker:
         self.mirror = mirror
         self.reads = 0
         self.violations: list[str] = []
+        self.error: BaseException | None = None  # a reader that died checks nothing: the test must fail
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._guarded, daemon=True)
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
 
     def _run(self) -> None:
         conn = sqlite3.connect(f"file:{self.mirror}?mode=ro", uri=True, timeout=30, isolation_level=None)
@@ -137,7 +144,7 @@ def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
             wait_for(lambda: table_rows(mirror, "ledger")[-1:] == table_rows(prod, "ledger")[-1:], 120,
                      what="the mirror to catch up after the broker restart")
         assert capture.alive() and applier.alive(), "capture and applier ride through a broker restart"
-        assert checker.reads > 50, checker.reads
+        assert checker.error is None and checker.reads > 50, (checker.error, checker.reads)
         assert checker.violations == [], checker.violations[:5]
         assert table_rows(mirror, "accounts") == table_rows(prod, "accounts")
         assert table_rows(mirror, "ledger") == table_rows(prod, "ledger")
