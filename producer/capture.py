@@ -81,6 +81,7 @@ class CaptureStats:
     capture_lag_s: float = 0.0  # from source commit to committed in Kafka, last publish
     snapshot_rows: int = 0
     restarts: int = 0  # recoveries from a failed broker or source connection
+    interrupted_since: float | None = None  # time.monotonic() when the current outage began
 
 
 class Capture:
@@ -167,6 +168,7 @@ class Capture:
         give_up = self.options.give_up_after_s
         deadline = time.monotonic() + give_up
         pause = RETRY_FIRST_S
+        self.stats.interrupted_since = time.monotonic()
         log.warning("capture interrupted, retrying for up to %s: %s", format_duration(give_up), failure)
         while True:
             if stop.wait(min(pause, max(0.0, deadline - time.monotonic()))):
@@ -174,6 +176,7 @@ class Capture:
             try:
                 position = self._resume(deadline)
                 self.stats.restarts += 1
+                self.stats.interrupted_since = None
                 log.warning("capture resumed at position %d", position)
                 return position
             except FencedError:
@@ -226,6 +229,11 @@ class Capture:
         self.stats.position = position
         self._publish_status()
         return len(transactions) >= self.options.groups_per_publish, position
+
+    def interrupted_s(self) -> float:
+        """Seconds spent retrying through the current outage; 0 while capture publishes."""
+        since = self.stats.interrupted_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def status(self) -> dict:
         return {"source": self.publisher.source, "funnel": self.publisher.funnel,
