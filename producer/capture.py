@@ -172,6 +172,7 @@ class Capture:
         log.warning("capture interrupted, retrying for up to %s: %s", format_duration(give_up), failure)
         while True:
             if stop.wait(min(pause, max(0.0, deadline - time.monotonic()))):
+                self._failed = True  # stopped mid-outage: do not wait on the broker while closing
                 return None
             try:
                 position = self._resume(deadline)
@@ -197,6 +198,8 @@ class Capture:
         """What a restart of capture does: fence and read the tail, then rewind the source."""
         timeout = min(TIMEOUT_S, max(1.0, deadline - time.monotonic()))
         position = self.publisher.restart(timeout)
+        # Again, in case the outage cut start() short before them; the latest record wins.
+        self._publish_table_definitions()
         if position is None:  # the initial copy never committed: make it again
             return self._initial_copy()
         # A source that holds what it read in memory (PostgreSQL's stream) reads again

@@ -129,15 +129,15 @@ def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
         with MirrorChecker(mirror) as checker:
             for _ in range(3):
-                time.sleep(1.5)
+                time.sleep(1.0)
                 capture.kill9()
                 capture = start_funnel(boot, procs, tmp_path, *capture_args)
-                time.sleep(1.5)
+                time.sleep(1.0)
                 applier.kill9()
                 applier = start_funnel(boot, procs, tmp_path, *apply_args)
             time.sleep(2)
             kill_broker(own_broker)
-            time.sleep(5)  # production keeps writing while the broker is down
+            time.sleep(3)  # production keeps writing while the broker is down (and while it restarts)
             assert restart_broker(own_broker) == boot, "the broker must come back where its clients look"
             writer.send_signal(signal.SIGTERM)
             last = int(writer.communicate(timeout=60)[0])
