@@ -135,7 +135,9 @@ def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
                 time.sleep(1.0)
                 applier.kill9()
                 applier = start_funnel(boot, procs, tmp_path, *apply_args)
-            time.sleep(2)
+            # The broker goes down under a capture and an applier that run, not ones still starting.
+            written = len(table_rows(prod, "ledger"))
+            wait_for(lambda: len(table_rows(mirror, "ledger")) > written, 90, what="the restarted pair to apply")
             kill_broker(own_broker)
             time.sleep(3)  # production keeps writing while the broker is down (and while it restarts)
             assert restart_broker(own_broker) == boot, "the broker must come back where its clients look"
