@@ -28,7 +28,7 @@ from funnel.topic import FunnelAdmin
               help="Heartbeat interval while the source is idle.")
 @click.option("--chunk-rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Rows per Kafka message; larger transactions span several messages.")
-@click.option("--give-up-after", "give_up_after", type=DURATION, default=300.0, show_default=True,
+@click.option("--give-up-after", "give_up_after", type=DURATION, default="5m", show_default=True,
               help="How long to keep retrying while the broker or the source is unreachable before exiting "
                    "with an error (capture resumes exactly either way).")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the capture does.")
