@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -122,6 +123,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener can bind ``port`` on 127.0.0.1 now (connections of a killed
+    broker left in TIME_WAIT do not count: Kafka binds with SO_REUSEADDR too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _if_free(port: int | None) -> int | None:
+    return port if port and port_is_free(port) else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -230,8 +247,11 @@ class LocalBroker:
             return existing, False
         java = java_command()
         libs = resolve_jars(self.version, self.cache_dir)
-        port = self.port or free_port()
-        controller_port = free_port()
+        recorded, recorded_controller = self.recorded_ports()
+        # Clients that ran through a crash keep retrying the address they were given:
+        # come back where they look, unless something else took the port meanwhile.
+        port = self.port or _if_free(recorded) or free_port()
+        controller_port = _if_free(recorded_controller) or free_port()
         config = self._write_config(port, controller_port)
         self._format_storage(java, libs, config)
         process = self._spawn(java, libs, config)
@@ -242,6 +262,17 @@ class LocalBroker:
         self.info_file.write_text(json.dumps(asdict(info), indent=2))
         self.info = info
         return info, True
+
+    def recorded_ports(self) -> tuple[int | None, int | None]:
+        """(listener, controller) ports of the last run in this state directory, if any."""
+        try:
+            text = (self.state_dir / "server.properties").read_text()
+        except OSError:
+            return None, None
+        line = re.search(r"^listeners=(.*)$", text, re.MULTILINE)
+        found = dict(re.findall(r"(PLAINTEXT|CONTROLLER)://[^:,]+:(\d+)", line[1] if line else ""))
+        ports = [int(found[name]) if name in found else None for name in ("PLAINTEXT", "CONTROLLER")]
+        return ports[0], ports[1]
 
     def _write_config(self, port: int, controller_port: int) -> Path:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,7 @@ class ControlChannel:
         """Production's table definitions as the capture published them, by table name."""
         return {key.split("/", 1)[1]: value for key, value in self.read_all().items() if key.startswith("table/")}
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         if self._producer is not None:
-            self._producer.flush(READ_TIMEOUT_S)
+            self._producer.flush(timeout_s)
             self._producer = None

@@ -5,6 +5,13 @@ after ``init_transactions`` has fenced and aborted any predecessor's open
 transaction), and capture continues after it. Positions already in the funnel are
 never published again; positions not in it are published, so a crash anywhere loses
 nothing and doubles nothing.
+
+Outages: when the broker or the source's connection fails while capture runs, capture
+does in-process what a restart would do, again and again with a growing pause: a new
+transactional producer (which aborts what the old one left open), the tail read again,
+the source re-read from its last acknowledged position.  It gives up only after
+``give_up_after_s`` without success, or at once when a newer capture of the source fenced
+it (retrying would fence that one in turn).
 """
 from __future__ import annotations
 
@@ -15,11 +22,20 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from funnel.control import ControlChannel, producer_key, table_key
-from funnel.errors import FunnelError
-from producer.publisher import EventPublisher, now_us
-from producer.sources.base import SourceTransaction
+from funnel.errors import FunnelError, TimeFunnelError
+from funnel.timeparse import format_duration
+from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, now_us
+from producer.sources.base import SourceDisconnected, SourceTransaction
 
 log = logging.getLogger("timefunnel.capture")
+
+RETRY_FIRST_S = 0.5  # the first pause after a failure; it doubles up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
+CLOSE_AFTER_FAILURE_S = 2.0  # what is still queued for a broker that is gone is not worth waiting for
+
+
+class CaptureGaveUp(TimeFunnelError):
+    """The broker or the source stayed unreachable longer than ``give_up_after_s``."""
 
 
 class Snapshot(Protocol):
@@ -56,6 +72,8 @@ class CaptureOptions:
     # ~10 ms, so small transactions need large groups to keep up (bench/capture_postgres).
     groups_per_publish: int = 1000
     status_interval_s: float = 1.0
+    # How long capture keeps retrying through a broker or source outage before it exits.
+    give_up_after_s: float = 300.0
 
 
 @dataclass
@@ -64,6 +82,8 @@ class CaptureStats:
     last_commit_ts: int | None = None
     capture_lag_s: float = 0.0  # from source commit to committed in Kafka, last publish
     snapshot_rows: int = 0
+    restarts: int = 0  # recoveries from a failed broker or source connection
+    interrupted_since: float | None = None  # time.monotonic() when the current outage began
 
 
 class Capture:
@@ -80,6 +100,7 @@ class Capture:
         self._last_publish = 0.0
         self._last_status = 0.0
         self._closing = False
+        self._failed = False
 
     def start(self) -> int:
         """Find the resume position, install capture, make the initial copy if the funnel has none.
@@ -112,18 +133,87 @@ class Capture:
         return snapshot.position
 
     def run(self, stop: threading.Event | None = None) -> None:
+        """Capture until ``stop`` is set, riding through outages (see the module docstring).
+
+        Raises FencedError when a newer capture of this source took over, CaptureGaveUp
+        when an outage outlasted ``give_up_after_s``, and any other TimeFunnelError that
+        retrying cannot cure (a source that cannot be captured, a row too large).
+        """
         stop = stop or threading.Event()
-        position = self.start()
         try:
+            try:
+                position: int | None = self.start()
+            except (FunnelError, SourceDisconnected) as exc:  # e.g. the broker went away during the copy
+                position = self.ride_through(exc, stop)
             backlog = False
-            while not stop.is_set():
-                # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
-                # capture sealing in a tight loop would starve the application's writers.
-                backlog, position = self.step(position, seal=not backlog)
+            while position is not None and not stop.is_set():
+                try:
+                    # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
+                    # capture sealing in a tight loop would starve the application's writers.
+                    backlog, position = self.step(position, seal=not backlog)
+                except (FunnelError, SourceDisconnected) as exc:
+                    position, backlog = self.ride_through(exc, stop), True
+                    continue
                 if not backlog:
                     stop.wait(self.options.poll_interval_s)
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self.close()
+
+    def ride_through(self, failure: TimeFunnelError, stop: threading.Event) -> int | None:
+        """Restart the publisher and rewind the source until both work; returns the
+        position to continue from, or None when ``stop`` was set meanwhile.
+
+        Raises FencedError at once, CaptureGaveUp once ``give_up_after_s`` passed without
+        success.
+        """
+        if isinstance(failure, FencedError):
+            raise failure
+        give_up = self.options.give_up_after_s
+        deadline = time.monotonic() + give_up
+        pause = RETRY_FIRST_S
+        self.stats.interrupted_since = time.monotonic()
+        log.warning("capture interrupted, retrying for up to %s: %s", format_duration(give_up), failure)
+        while True:
+            if stop.wait(min(pause, max(0.0, deadline - time.monotonic()))):
+                self._failed = True  # stopped mid-outage: do not wait on the broker while closing
+                return None
+            try:
+                position = self._resume(deadline)
+                self.stats.restarts += 1
+                self.stats.interrupted_since = None
+                log.warning("capture resumed at position %d", position)
+                return position
+            except FencedError:
+                raise
+            except (FunnelError, SourceDisconnected) as exc:
+                failure = exc
+                log.warning("capture still interrupted: %s", exc)
+            if time.monotonic() >= deadline:
+                raise CaptureGaveUp(
+                    f"capture gave up after {format_duration(give_up)}: the broker or the source stayed "
+                    f"unreachable (last error: {failure})",
+                    hint="check that the broker and the source database are up and reachable, then start "
+                         "capture again: it resumes exactly where it stopped (--give-up-after waits longer)"
+                ) from failure
+            pause = min(pause * 2, RETRY_MAX_S)
+
+    def _resume(self, deadline: float) -> int:
+        """What a restart of capture does: fence and read the tail, then rewind the source."""
+        timeout = min(TIMEOUT_S, max(1.0, deadline - time.monotonic()))
+        position = self.publisher.restart(timeout)
+        # Again, in case the outage cut start() short before them; the latest record wins.
+        self._publish_table_definitions()
+        if position is None:  # the initial copy never committed: make it again
+            return self._initial_copy()
+        # A source that holds what it read in memory (PostgreSQL's stream) reads again
+        # from its last acknowledged position; SQLite reads its changelog every time.
+        rewind = getattr(self.source, "rewind", None)
+        if rewind is not None:
+            rewind()
+        return position
 
     def step(self, position: int, seal: bool = True) -> tuple[bool, int]:
         """Seal, publish what is new, acknowledge; heartbeat when idle.
@@ -149,10 +239,16 @@ class Capture:
         self._publish_status()
         return len(transactions) >= self.options.groups_per_publish, position
 
+    def interrupted_s(self) -> float:
+        """Seconds spent retrying through the current outage; 0 while capture publishes."""
+        since = self.stats.interrupted_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def status(self) -> dict:
         return {"source": self.publisher.source, "funnel": self.publisher.funnel,
                 "state": "stopped" if self._closing else "running",
                 "position": self.stats.position, "last_commit_ts": self.stats.last_commit_ts,
+                "restarts": self.stats.restarts,
                 "capture_lag_s": self.stats.capture_lag_s,
                 "published_transactions": self.publisher.published_transactions,
                 "published_events": self.publisher.published_events,
@@ -172,11 +268,12 @@ class Capture:
 
     def close(self) -> None:
         self._closing = True  # the last status record says the capture stopped
+        timeout = CLOSE_AFTER_FAILURE_S if self._failed else TIMEOUT_S
         try:
             self._publish_status(force=True)
             if self.control is not None:
-                self.control.close()
-            self.publisher.close()
+                self.control.close(timeout)
+            self.publisher.close(timeout)
         finally:
             self.source.close()
 

@@ -45,6 +45,12 @@ class CaptureCollector(Collector):
         yield from family(GaugeMetricFamily, "timefunnel_capture_lag_seconds",
                           "Source commit to committed in Kafka, for the last published transaction "
                           "(0 after an idle heartbeat).", stats.capture_lag_s)
+        yield from family(CounterMetricFamily, "timefunnel_capture_restarts",
+                          "Recoveries from a failed broker or source connection (a new producer, the tail "
+                          "read again), by this process.", stats.restarts)
+        yield from family(GaugeMetricFamily, "timefunnel_capture_interrupted_seconds",
+                          "How long capture has been retrying through an outage (0 while it publishes).",
+                          self.capture.interrupted_s())
         yield from family(GaugeMetricFamily, "timefunnel_source_position",
                           "Source position (LSN, changelog sequence) published last.", stats.position)
         yield from family(GaugeMetricFamily, "timefunnel_source_last_commit_timestamp_seconds",

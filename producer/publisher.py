@@ -7,6 +7,11 @@ from the funnel and the source: a second producer for the same source fences the
 first, and ``init_transactions`` aborts whatever a crashed predecessor left open.
 After that, the funnel's tail says which source position was published last, and the
 capture resumes after it: nothing lost, nothing doubled.
+
+The same holds after a failure: :meth:`EventPublisher.restart` throws the producer away
+(whatever it left open is aborted by its successor) and starts again exactly as at
+start.  The one failure that must not be retried is being fenced: then a newer capture
+of this source runs, and retrying would fence it in turn (:class:`FencedError`).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 import uuid
 from typing import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from funnel import headers
 from funnel.clock import now_us
@@ -27,6 +32,12 @@ from producer.sources.base import SourceTransaction
 TIMEOUT_S = 30.0
 # Keep each message well under the broker's default message.max.bytes (1 MiB).
 MAX_MESSAGE_BYTES = 900_000
+# What librdkafka reports when a newer producer with our transactional.id took over.
+_FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+
+
+class FencedError(FunnelError):
+    """A newer capture of the same source (same funnel and source name) took over."""
 
 
 def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
@@ -69,7 +80,7 @@ class EventPublisher:
     """A transactional producer for one source into one funnel."""
 
     def __init__(self, kafka: KafkaSettings, funnel: str, source: str, chunk_rows: int = 1000,
-                 codec: EventCodec | None = None, clock=now_us) -> None:
+                 codec: EventCodec | None = None, clock=now_us, commit_timeout_s: float = TIMEOUT_S) -> None:
         self.kafka = kafka
         self.funnel = funnel
         self.topic = data_topic(funnel)
@@ -77,31 +88,58 @@ class EventPublisher:
         self.chunk_rows = chunk_rows
         self.codec = codec or EventCodec()
         self.clock = clock
+        # How long one Kafka commit may wait for the broker before it counts as failed.
+        self.commit_timeout_s = commit_timeout_s
         self.published_transactions = 0
         self.published_events = 0
         self.published_rows = 0
         self.published_bytes = 0
-        self._producer = Producer(kafka.client(**{
-            "transactional.id": f"timefunnel.{funnel}.{source}",
+        self._producer = self._new_producer()
+        self._started = False
+
+    def _new_producer(self) -> Producer:
+        return Producer(self.kafka.client(**{
+            "transactional.id": f"timefunnel.{self.funnel}.{self.source}",
             "compression.type": "zstd", "linger.ms": 5, "batch.size": 1_000_000,
             # A snapshot is one Kafka transaction; give big tables time.
             "transaction.timeout.ms": 900_000,
         }))
-        self._started = False
 
     # -- start and resume -----------------------------------------------------
-    def start(self) -> int | None:
+    def start(self, timeout_s: float = TIMEOUT_S) -> int | None:
         """Fence older producers of this source, then return the last published position.
 
         Returns None when this source never published into the funnel.
-        Raises FunnelError when the funnel does not exist or the broker is unreachable.
+        Raises FencedError when a newer capture of this source took over meanwhile,
+        FunnelError when the funnel does not exist or the broker is unreachable.
         """
         try:
-            self._producer.init_transactions(TIMEOUT_S)
+            self._producer.init_transactions(timeout_s)
         except KafkaException as exc:
-            raise kafka_error(exc, f"cannot start a transactional producer on funnel {self.funnel!r}") from exc
+            raise publish_error(exc, f"cannot start a transactional producer on funnel {self.funnel!r}") from exc
         self._started = True
         return last_published_position(self.kafka, self.funnel, self.source, self.codec)
+
+    def restart(self, timeout_s: float = TIMEOUT_S) -> int | None:
+        """After a failure: a new transactional producer, started exactly like :meth:`start`.
+
+        Its ``init_transactions`` aborts whatever the old one left open, so the tail it
+        returns holds every transaction that was committed and none that was not.
+        Raises like :meth:`start`.
+        """
+        self._discard_producer()
+        self._producer = self._new_producer()
+        return self.start(timeout_s)
+
+    def _discard_producer(self) -> None:
+        # Nothing queued in it matters: uncommitted messages are aborted by the successor.
+        # Purging keeps destroying it from waiting for a broker that may be gone.
+        self._started = False
+        try:
+            self._producer.purge()
+        except KafkaException:
+            pass  # a producer in a fatal state may refuse; it is dropped all the same
+        self._producer = None
 
     # -- publishing -----------------------------------------------------------
     def publish(self, transactions: Iterable[SourceTransaction]) -> int:
@@ -148,15 +186,15 @@ class EventPublisher:
                     self._produce(batch, payload, errors)
                     rows += batch_rows
                 self._producer.poll(0)
-            self._producer.commit_transaction(TIMEOUT_S)
+            self._producer.commit_transaction(self.commit_timeout_s)
         except KafkaException as exc:
             self._abort_quietly()
-            raise kafka_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
+            raise publish_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
         except BaseException:
             self._abort_quietly()
             raise
         if errors:
-            raise FunnelError(f"publishing to funnel {self.funnel!r} failed: {errors[0].str()}")
+            raise publish_error(KafkaException(errors[0]), f"publishing to funnel {self.funnel!r} failed")
         self.published_rows += rows
         return rows
 
@@ -185,12 +223,25 @@ class EventPublisher:
 
     def _abort_quietly(self) -> None:
         try:
-            self._producer.abort_transaction(TIMEOUT_S)
+            # Bounded like the commit: a broker that is gone would hold the abort as long.
+            self._producer.abort_transaction(self.commit_timeout_s)
         except KafkaException:
             pass  # the transaction times out on the broker; the next init_transactions fences it
 
-    def close(self) -> None:
-        self._producer.flush(TIMEOUT_S)
+    def close(self, timeout_s: float = TIMEOUT_S) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout_s)
+
+
+def publish_error(exc: KafkaException, what: str) -> FunnelError:
+    """A Kafka failure of the transactional producer: FencedError when a newer producer
+    of this source took over (never worth retrying), else what :func:`kafka_error` says."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError) and error.code() in _FENCED_CODES:
+        return FencedError(f"{what}: fenced by a newer capture of this source ({error.str()})",
+                           hint="run one capture per source; the newer one goes on. To run this one "
+                                "instead, stop the other and start this one again")
+    return kafka_error(exc, what)
 
 
 def batch_headers(batch: ChangeBatch) -> list[tuple[str, bytes]]:

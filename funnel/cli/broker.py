@@ -21,7 +21,8 @@ def broker() -> None:
 
 @broker.command()
 @state_dir_option
-@click.option("--port", type=int, default=None, help="Listener port on 127.0.0.1 (default: a free one).")
+@click.option("--port", type=int, default=None, help="Listener port on 127.0.0.1 (default: the one of the last run in this state "
+                   "directory if it is free, so running clients reconnect; else a free one).")
 def start(state_dir: Path | None, port: int | None) -> None:
     """Start the broker (once) and print its bootstrap address."""
     local = LocalBroker(state_dir, port=port)

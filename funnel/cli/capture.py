@@ -29,18 +29,22 @@ from funnel.topic import FunnelAdmin
               help="Heartbeat interval while the source is idle.")
 @click.option("--chunk-rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Rows per Kafka message; larger transactions span several messages.")
+@click.option("--give-up-after", "give_up_after", type=DURATION, default="5m", show_default=True,
+              help="How long to keep retrying while the broker or the source is unreachable before exiting "
+                   "with an error (capture resumes exactly either way).")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the capture does.")
 @metrics_options
 @kafka_options
 def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool,
             replica_identity_full: bool, publication: str | None, slot: str | None, source_name: str | None,
-            poll_interval: float, heartbeat_s: float, chunk_rows: int, verbose: bool, metrics_port: int | None,
+            poll_interval: float, heartbeat_s: float, chunk_rows: int, give_up_after: float, verbose: bool,
+            metrics_port: int | None,
             metrics_addr: str, bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Capture the production database at SOURCE_URL (sqlite:///path, postgresql://...) into the funnel."""
     from funnel.control import ControlChannel
     from producer.capture import Capture, CaptureOptions
     from producer.lineage import continued_source
-    from producer.publisher import EventPublisher
+    from producer.publisher import TIMEOUT_S, EventPublisher
     from producer.sources import open_source, source_name_for
 
     setup_logging(verbose)
@@ -51,9 +55,12 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     source = open_source(source_url, list(tables) or None, rowid_key, funnel=funnel_name, slot=slot,
                          publication=publication, replica_identity_full=replica_identity_full)
     name = source_name or continued or source_name_for(source_url)
-    publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows)
+    # A commit waiting for a broker that is gone counts as failed once the operator's patience ends.
+    publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows,
+                               commit_timeout_s=min(TIMEOUT_S, max(1.0, give_up_after)))
     runner = Capture(source, publisher, control,
-                     CaptureOptions(poll_interval_s=poll_interval, heartbeat_interval_s=heartbeat_s))
+                     CaptureOptions(poll_interval_s=poll_interval, heartbeat_interval_s=heartbeat_s,
+                                    give_up_after_s=give_up_after))
     stop = stop_on_signals()
     click.echo(f"capturing {source_url} into funnel {funnel_name!r} as source {name!r}"
                + (" (the source switchback complete published for this database)" if continued else ""), err=True)

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from funnel.errors import SourceError
 from funnel.events import TableChanges
+
+
+class SourceDisconnected(SourceError):
+    """The connection to the production database broke (server restart, terminated
+    walsender, network).  Reconnecting resumes exactly: nothing was acknowledged that is
+    not in the funnel."""
 
 
 @dataclass(slots=True)

@@ -52,7 +52,9 @@ A transaction's ``position`` is its commit's end LSN, ``txid`` its xid, ``commit
 commit time.  The slot's confirmed position advances only in ``acknowledge(position)``
 (called by the capture after the Kafka commit), so a crash loses nothing; after a restart
 the server resends from the confirmed position and ``transactions_after(position)`` skips
-what the funnel already has, by LSN.
+what the funnel already has, by LSN.  A dropped stream (walsender terminated, server
+restarted) raises ``SourceDisconnected``; ``rewind()`` reconnects and does the same
+in-process, which is how capture rides through it.
 
 An idle database still lets its slot advance, so that other databases' WAL does not pile
 up behind it: the walsender reports in keepalives how far it has decoded the WAL (its
@@ -151,7 +153,7 @@ from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
 from funnel.tablenames import check_distinct
 from funnel.urls import masked_password
-from producer.sources.base import SourceTransaction
+from producer.sources.base import SourceDisconnected, SourceTransaction
 from producer.sources.pgoutput import (
     UNCHANGED,
     XLOGDATA_HEADER,
@@ -560,6 +562,23 @@ class PostgresSource:
                               "nothing was read from it yet")
         self._reader.acknowledge(position)
 
+    def rewind(self) -> None:
+        """Forgets what was read but not acknowledged and streams again from the slot's
+        confirmed position, reconnecting first if the connection broke; the server resends
+        the rest and ``transactions_after`` skips what the funnel already has.
+
+        Raises SourceDisconnected while the server cannot be reached, SourceError if the
+        slot is gone or held by another process.
+        """
+        self._close_stream()
+        if self._conn.closed or self._conn.broken:
+            self._conn.close()
+            try:
+                self._conn = connect(self.url)
+            except SourceError as exc:  # it worked before: the server is restarting or out of reach
+                raise SourceDisconnected(str(exc), hint=exc.hint) from exc
+        self._start_stream(reconnecting=True)
+
     def drop(self) -> None:
         """Drops the slot, and the publication if capture created it.  The capture cannot
         resume after this: the funnel needs a new initial copy.  Raises SourceError if the
@@ -726,22 +745,32 @@ class PostgresSource:
         except psycopg.Error as exc:
             raise SourceError(f"cannot read in the snapshot of slot {self.slot}: {exc}") from exc
 
-    def _start_stream(self) -> _StreamReader:
+    def _start_stream(self, reconnecting: bool = False) -> _StreamReader:
         """Starts streaming from the slot's confirmed position.
 
         Raises SourceError if the slot does not exist (changes since the funnel's last
-        position may be lost) or stays busy longer than SLOT_BUSY_WAIT_S.
+        position may be lost) or stays busy longer than SLOT_BUSY_WAIT_S; when
+        ``reconnecting``, SourceDisconnected if the server cannot be reached.
         """
-        with _server_errors(f"cannot read replication slot {self.slot}"):
+        try:
             row = self._conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                                      "WHERE slot_name = %s", (self.slot,)).fetchone()
+        except psycopg.OperationalError as exc:
+            raise SourceDisconnected(f"cannot read replication slot {self.slot}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise SourceError(f"cannot read replication slot {self.slot}: {exc}") from exc
         if row is None:
             raise SourceError(
                 f"replication slot {self.slot} does not exist, but the funnel already has events of this "
                 "source: changes made since the slot was lost cannot be captured",
                 hint="start a new funnel (or delete this one's topic) so that capture makes a new initial copy")
         confirmed = lsn_from_text(row[0])
-        stream = _ReplicationStream.connect(self.url)
+        try:
+            stream = _ReplicationStream.connect(self.url)
+        except SourceError as exc:
+            if reconnecting:  # it worked before: the server is restarting or out of reach
+                raise SourceDisconnected(str(exc), hint=exc.hint) from exc
+            raise
         try:
             stream.start(self.slot, self.publication, confirmed, SLOT_BUSY_WAIT_S)
         except BaseException:
@@ -973,14 +1002,14 @@ class _ReplicationStream:
                 self._pg.consume_input()
                 size, data = self._pg.get_copy_data(1)
         except psycopg.Error as exc:
-            raise SourceError(f"replication stream from {masked_password(self._url)} failed: {exc}") from exc
+            raise SourceDisconnected(f"replication stream from {masked_password(self._url)} failed: {exc}") from exc
         if size > 0:
             return bytes(data)
         if size == 0:
             return None
         result = self._pg.get_result()
-        raise SourceError(f"replication stream from {masked_password(self._url)} ended: "
-                          f"{_result_error(result, self._pg) if result else 'no reason given'}")
+        raise SourceDisconnected(f"replication stream from {masked_password(self._url)} ended: "
+                                 f"{_result_error(result, self._pg) if result else 'no reason given'}")
 
     def send(self, message: bytes) -> None:
         """Raises SourceError if the connection failed."""
@@ -988,7 +1017,7 @@ class _ReplicationStream:
             self._pg.put_copy_data(message)
             self._pg.flush()
         except psycopg.Error as exc:
-            raise SourceError(f"replication stream to {masked_password(self._url)} failed: {exc}") from exc
+            raise SourceDisconnected(f"replication stream to {masked_password(self._url)} failed: {exc}") from exc
 
     def close(self) -> None:
         if self._streaming and self._pg.status == pq.ConnStatus.OK:
