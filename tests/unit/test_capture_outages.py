@@ -55,7 +55,7 @@ class FakeSource:
         self.stop = stop
         self.rewinds = 0
 
-    def install(self) -> None:
+    def install(self, resuming: bool = False) -> None:
         pass
 
     def seal(self) -> None:
