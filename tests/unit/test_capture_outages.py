@@ -150,14 +150,15 @@ def test_other_source_errors_are_not_retried():
 
 
 def test_metrics_count_the_restarts_and_time_an_outage(monkeypatch):
-    from producer.metrics import registry_for
+    from funnel.metrics_endpoint import new_registry
+    from producer.metrics import CaptureCollector
 
     publisher = FakePublisher(tail=0, publish_failures=[FunnelError("broker gone")])
     stop = threading.Event()
     runner = Capture(FakeSource(4, stop), publisher, options=CaptureOptions(poll_interval_s=0.001))
     runner.run(stop)
     labels = {"funnel": "fake", "source": "fake"}
-    registry = registry_for(runner)
+    registry = new_registry(CaptureCollector(runner))
     assert registry.get_sample_value("timefunnel_capture_restarts_total", labels) == 1
     assert registry.get_sample_value("timefunnel_capture_interrupted_seconds", labels) == 0
     monkeypatch.setattr(runner.stats, "interrupted_since", capture_module.time.monotonic() - 3)
