@@ -170,3 +170,54 @@ def test_haproxy_answers():
     assert answer_ok(HStep.SET_ADDR, "no need to change the addr\n")
     assert not answer_ok(HStep.SET_ADDR, "Permission denied\n")
     assert answer_ok(HStep.ENABLE, "\n") and not answer_ok(HStep.DISABLE, "No such server.\n")
+
+
+def readme_commands(section: str = "## Takeover") -> list[list[str]]:
+    """Every `funnel ...` command of the README's section (continuation lines joined), split as the shell would."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in body.split("```sh\n")[1:]]
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  # ", 1)[0]
+            if line.startswith("funnel "):
+                commands.append(shlex.split(line))
+    return commands
+
+
+def test_the_readme_takeover_commands_and_hooks_parse():
+    """The README's examples run as they stand: every command and every hook that is a
+    `funnel` command is accepted by the CLI's parser (options, arguments, types)."""
+    import shlex
+
+    from funnel.cli import main
+
+    commands = readme_commands()
+    hooks = [shlex.split(arg) for argv in commands for arg in argv if arg.startswith("funnel ")]
+    checked = 0
+    for argv in commands + hooks:
+        command = main.commands[argv[1]]
+        if argv[1] in ("takeover", "switchback"):
+            command, args = command.commands[argv[2]], argv[3:]
+        else:
+            args = argv[2:]
+        command.make_context(" ".join(argv[:3]), list(args))  # raises click.UsageError on anything unknown
+        checked += 1
+    assert sum(argv[1] == "takeover" for argv in commands + hooks) >= 7 and checked >= 13, commands
+
+
+def test_the_readme_kubectl_hooks_send_valid_json():
+    """The Kubernetes recipes are untested against a cluster, but their quoting is: the shell
+    hands kubectl a patch that is valid JSON."""
+    import json
+    import shlex
+
+    patches = [shlex.split(arg) for argv in readme_commands() for arg in argv if arg.startswith("kubectl patch")]
+    assert len(patches) == 2
+    for hook in patches:
+        patch = json.loads(hook[hook.index("-p") + 1])
+        assert "spec" in patch or "subsets" in patch
