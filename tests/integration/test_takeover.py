@@ -43,6 +43,13 @@ def refused(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def refused_after_actions(result: subprocess.CompletedProcess) -> str:
+    """Exit 1 and one `Error:` line after the lines of the actions taken and undone."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, f"{result.stdout}\n{result.stderr}"
+    assert result.stdout.splitlines()[-1].startswith("resumed 'app' where it was"), result.stdout
+    return result.stderr.splitlines()[0]
+
+
 # -- pgbouncer --------------------------------------------------------------------------
 
 
@@ -125,6 +132,13 @@ def test_pgbouncer_bad_input_is_one_line_and_changes_nothing(bouncer, tmp_path):
     assert "pgbouncer has no database 'late'" in refused(
         funnel("pgbouncer", "late", target, "--config", str(edited), "--admin", server.admin_url))
     assert edited.read_text() == server_text
+    # A --config that is not the file pgbouncer runs with: the RELOAD does not take, all is undone.
+    copy = tmp_path / "copy.ini"
+    copy.write_text(text)
+    failed = funnel("pgbouncer", "app", target, "--config", str(copy), "--admin", server.admin_url)
+    error = refused_after_actions(failed)
+    assert "after RELOAD pgbouncer shows 'app' at" in error and "undone, 'app' is as it was" in error
+    assert copy.read_text() == text
     assert server.config.read_text() == text and server.show_databases() == shown
 
 

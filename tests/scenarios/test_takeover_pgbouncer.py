@@ -172,7 +172,6 @@ def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path) -> Non
     script.write_text(TPCB_KEYED)
     bench = start_pgbench(bouncer.url("bench"), log_prefix, script)
     try:
-        started = datetime.now(timezone.utc).replace(microsecond=0)
         wait_for(lambda: keeps_changing(prod, 0.3), 30, 0.1, "pgbench writing to production")
         time.sleep(2)
 
@@ -211,7 +210,8 @@ def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path) -> Non
         assert keeps_changing(prod, 1.0), "pgbench goes on against production again"
         assert bouncer.show_databases()["bench"]["database"] == psycopg.conninfo.conninfo_to_dict(prod)["dbname"]
         clients = connected_since(bouncer, "bench")
-        assert len(clients) == CLIENTS and max(clients) <= started, "no client reconnected"
+        before_promote = datetime.fromtimestamp(int(promote_start), timezone.utc)
+        assert len(clients) == CLIENTS and max(clients) <= before_promote, "no client reconnected"
         # pgbench writes its logs in blocks: wait until they show every client after the switchback.
         wait_for(lambda: went_on(transactions(log_prefix)[0], switch_end), 60, 0.5, "pgbench's logs")
     finally:
