@@ -15,7 +15,8 @@ from typing import Callable
 
 from applier.takeover.target import TakeoverError
 
-SOCKET_HINT = "check --socket (a `stats socket ... level admin` of this HAProxy: a path, or host:port) and that HAProxy runs"
+SOCKET_HINT = ("check --socket (a `stats socket ... level admin` of this HAProxy: a path, or host:port) "
+               "and that HAProxy runs")
 FORCED_MAINTENANCE = 0x01  # srv_admin_state bit set by `disable server`
 
 

@@ -86,8 +86,8 @@ def prepare(prod: str, mirror: str) -> None:
 def start_pgbench(url: str, log_prefix: Path, script: Path) -> subprocess.Popen:
     """pgbench through pgbouncer, one connection per client for the whole run (no -C), a
     line per transaction in the logs; stopped by the test (-T is only a bound)."""
-    return subprocess.Popen([*pgbench_args(url), "-n", "-c", str(CLIENTS), "-j", "2", "-T", "240", "-R", str(RATE), "-s", "1",
-                             "-f", str(script), "-l", f"--log-prefix={log_prefix}",
+    return subprocess.Popen([*pgbench_args(url), "-n", "-c", str(CLIENTS), "-j", "2", "-T", "240", "-R", str(RATE),
+                             "-s", "1", "-f", str(script), "-l", f"--log-prefix={log_prefix}",
                              psycopg.conninfo.conninfo_to_dict(url)["dbname"]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
