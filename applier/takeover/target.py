@@ -72,7 +72,8 @@ def _port(text: str, target: str) -> int:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """The IP address and port of a target (URL or host:port), a host name resolved once.
+    """The IP address and port of a target (URL or host:port), a host name resolved once
+    (to its first IPv4 address when it has one).
 
     Raises TakeoverError for a malformed target, a unix socket or a name that does not resolve.
     """
@@ -87,4 +88,6 @@ def parse_address(text: str) -> tuple[str, int]:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise TakeoverError(f"cannot resolve {target.host!r}: {exc}", hint="check the target's host name") from exc
+    # IPv4 first: "localhost" and dual-stack names must not land on ::1 when the server listens on 127.0.0.1 only.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return str(infos[0][4][0]), target.port

@@ -36,7 +36,7 @@ def test_targets_from_urls_and_conninfo():
     assert parse_database_target("postgresql:///shop?host=/run/postgresql").host == "/run/postgresql"
     assert parse_database_target("10.0.0.9:5433", need_dbname=False) == DatabaseTarget("10.0.0.9", 5433, None)
     assert parse_address("[::1]:5432") == ("::1", 5432)
-    assert parse_address("postgresql://localhost:6000/x")[1] == 6000
+    assert parse_address("postgresql://localhost:6000/x") == ("127.0.0.1", 6000)
 
 
 @pytest.mark.parametrize("text, message", [
