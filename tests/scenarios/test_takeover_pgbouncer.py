@@ -141,19 +141,19 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_pgbench_survives_promote_and_switchback_through_pgbouncer(bootstrap, funnel_name, pg_databases, procs,
-                                                                   tmp_path):
+                                                                   tmp_path, capsys):
     prod, mirror = pg_databases
     prepare(prod, mirror)
     port = psycopg.conninfo.conninfo_to_dict(prod)["port"]
     bouncer = PgBouncer(bench=f"host=127.0.0.1 port={port} dbname={psycopg.conninfo.conninfo_to_dict(prod)['dbname']}")
     bouncer.start()
     try:
-        drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path)
+        drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path, capsys)
     finally:
         bouncer.stop()
 
 
-def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path) -> None:
+def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path, capsys) -> None:
     clock = time.monotonic()
     phases: dict[str, float] = {}
 
@@ -213,7 +213,10 @@ def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path) -> Non
         before_promote = datetime.fromtimestamp(int(promote_start), timezone.utc)
         assert len(clients) == CLIENTS and max(clients) <= before_promote, "no client reconnected"
         # pgbench writes its logs in blocks: wait until they show every client after the switchback.
-        wait_for(lambda: went_on(transactions(log_prefix)[0], switch_end), 60, 0.5, "pgbench's logs")
+        try:
+            wait_for(lambda: went_on(transactions(log_prefix)[0], switch_end), 60, 0.5, "pgbench's logs")
+        except AssertionError:
+            pass  # judged below, together with pgbench's own account of aborted clients
     finally:
         bench.send_signal(signal.SIGTERM)  # -T is only a bound
         _, errors = bench.communicate(timeout=30)
@@ -222,13 +225,16 @@ def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path) -> Non
     done_tx, failed = transactions(log_prefix)
     around_promote = longest_pause(done_tx, promote_start, promote_end)
     around_switchback = longest_pause(done_tx, switch_start, switch_end)
-    print(f"\nphases: {phases}")
-    print(f"pgbench through pgbouncer, {CLIENTS} clients: {sum(map(len, done_tx.values()))} transactions, "
-          f"{failed} failed, {len(aborted)} clients aborted")
-    print(f"longest client pause around the promote takeover: {around_promote * 1000:.0f} ms "
-          f"(promote with hook took {promote_end - promote_start:.1f} s)")
-    print(f"longest client pause around the switchback: {around_switchback * 1000:.0f} ms "
-          f"(switchback complete took {switch_end - switch_start:.1f} s)")
+    figures = [
+        f"pgbench through pgbouncer, {CLIENTS} clients: {sum(map(len, done_tx.values()))} transactions, "
+        f"{failed} failed, {len(aborted)} clients aborted",
+        f"longest client pause around the promote takeover: {around_promote * 1000:.0f} ms "
+        f"(promote with hook took {promote_end - promote_start:.1f} s)",
+        f"longest client pause around the switchback: {around_switchback * 1000:.0f} ms "
+        f"(switchback complete took {switch_end - switch_start:.1f} s)",
+        f"phases (s since start): {phases}"]
+    with capsys.disabled():  # the figures are the point of this drill: shown even when output is captured
+        print("\n" + "\n".join(f"  takeover drill: {line}" for line in figures))
     assert failed == 0 and not aborted, errors
     assert sorted(done_tx) == list(range(CLIENTS))
     assert went_on(done_tx, switch_end), "every client went on after the switchback"
