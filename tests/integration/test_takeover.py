@@ -116,10 +116,7 @@ def test_pgbouncer_bad_input_is_one_line_and_changes_nothing(bouncer, tmp_path):
         "has no [databases] entry 'nosuch'": ("pgbouncer", "nosuch", target, "--config", config),
         "cannot reach pgbouncer's admin console": ("pgbouncer", "app", target, "--config", config, "--admin",
                                                    f"postgresql://postgres@127.0.0.1:{_free_port()}/pgbouncer"),
-        "names no database": ("pgbouncer", "app", f"postgresql://127.0.0.1:{port}", "--config", config),
-        "is not a PostgreSQL URL": ("pgbouncer", "app", "mysql://127.0.0.1/shop", "--config", config),
         "malformed target": ("pgbouncer", "app", "postgresql://127.0.0.1/x?bogus=1", "--config", config),
-        "has a bad port": ("pgbouncer", "app", "postgresql://127.0.0.1:99999999/x", "--config", config),
         "no target given": ("pgbouncer", "app", "--config", config),
         "cannot read the pgbouncer configuration": ("pgbouncer", "app", target, "--config", str(tmp_path / "no.ini")),
     }
@@ -239,9 +236,6 @@ def test_haproxy_bad_input_is_one_line_and_changes_nothing(proxied, tmp_path):
         "answered `show servers state nosuch`": ("haproxy", "nosuch/db", target, "--socket", sock),
         "cannot reach HAProxy's runtime API": ("haproxy", "be/db", target, "--socket", str(tmp_path / "no.sock")),
         "expected BACKEND/SERVER": ("haproxy", "bedb", target, "--socket", sock),
-        "bad port": ("haproxy", "be/db", "127.0.0.1:99999", "--socket", sock),
-        "cannot resolve": ("haproxy", "be/db", "no-such-host.invalid:5432", "--socket", sock),
-        "is a unix socket": ("haproxy", "be/db", "postgresql:///shop?host=/run/postgresql", "--socket", sock),
         "no target given": ("haproxy", "be/db", "--socket", sock),
     }
     for expected, args in cases.items():

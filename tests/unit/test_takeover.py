@@ -50,6 +50,15 @@ def test_bad_targets(text, message):
         parse_database_target(text)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("127.0.0.1:99999", "bad port"), ("postgresql:///shop?host=/run/postgresql", "is a unix socket"),
+    ("no-such-host.invalid:5432", "cannot resolve"), ("nohost", "not host:port"),
+])
+def test_bad_proxy_addresses(text, message):
+    with pytest.raises(TakeoverError, match=message):
+        parse_address(text)
+
+
 def test_connection_strings_round_trip_with_quotes():
     pairs = parse_connstr("host=h dbname='with '' quote' password='' user=app")
     assert pairs == (("host", "h"), ("dbname", "with ' quote"), ("password", ""), ("user", "app"))
