@@ -70,7 +70,7 @@ class PgbouncerMove:
         if self.config is None and self.admin_url is None:
             raise TakeoverError("no way to reach pgbouncer", hint="pass --config (or --admin URL)")
         if self.pause_timeout_s <= 0:
-            raise TakeoverError("--pause-timeout must be positive")
+            raise TakeoverError("--pause-timeout must be positive", hint="e.g. --pause-timeout 30s")
 
 
 def plan(mode: Mode, running: PoolerDatabase, config_points: bool, target: DatabaseTarget | None) -> list[Step]:
@@ -243,7 +243,7 @@ def _carry_out(console: Console, options: PgbouncerMove, steps: list[Step], old_
         if options.mode is Mode.MOVE:
             _undo(console, options, done, old_text, echo)
         raise TakeoverError(f"{exc}; undone, {name!r} is as it was" if options.mode is Mode.MOVE else str(exc),
-                            hint=getattr(exc, "hint", None)) from exc
+                            hint=getattr(exc, "hint", None) or "fix the cause and rerun the same command") from exc
 
 
 def _check_reloaded(console: Console, name: str, target: DatabaseTarget) -> None:

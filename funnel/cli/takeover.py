@@ -48,7 +48,7 @@ def pgbouncer(database: str, target: str | None, config: Path | None, admin_url:
     from funnel.errors import ConfigError
 
     if pause_only and resume_only:
-        raise ConfigError("--pause-only and --resume-only exclude each other")
+        raise ConfigError("--pause-only and --resume-only exclude each other", hint="give one of them")
     mode = Mode.PAUSE if pause_only else Mode.RESUME if resume_only else Mode.MOVE
     text = _target_text(target) if mode is Mode.MOVE else None
     parsed = parse_database_target(text) if text else None
