@@ -6,9 +6,10 @@ hook PAUSEs, the takeover hook moves and RESUMEs), pgbench still running. Each p
 client keeps the one connection it opened; failed transactions are counted and the
 longest pause a client saw around each takeover is printed.
 
-The workload is stock pgbench (its tables, its TPC-B transaction) without the INSERT into
-the keyless pgbench_history: until keyless tables can be captured, the mirror's schema is
-production's (pg_dump --schema-only) for the three keyed tables.
+The workload is stock pgbench: its four tables, keyless pgbench_history included (with
+REPLICA IDENTITY FULL, so its rows replicate as a multiset and the reverse capture of the
+switchback accepts it), and its built-in TPC-B transaction. The mirror's schema is
+production's (pg_dump --schema-only).
 """
 from __future__ import annotations
 
@@ -28,21 +29,9 @@ from tests.support.pgserver import find_pg_bin
 from tests.support.poolers import PgBouncer
 from tests.support.processes import run_funnel, start_funnel, wait_for
 
-TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers")
+TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers")
 CLIENTS = 4
 RATE = 100  # transactions per second, all clients together: a steady application, not a benchmark
-# pgbench's built-in tpcb-like transaction without its INSERT INTO pgbench_history.
-TPCB_KEYED = """\\set aid random(1, 100000 * :scale)
-\\set bid random(1, 1 * :scale)
-\\set tid random(1, 10 * :scale)
-\\set delta random(-5000, 5000)
-BEGIN;
-UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
-UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
-END;
-"""
 
 
 def query(url: str, sql: str) -> list[tuple]:
@@ -76,6 +65,8 @@ def pgbench_args(url: str) -> list[str]:
 def prepare(prod: str, mirror: str) -> None:
     subprocess.run([*pgbench_args(prod), "-i", "-s", "1", "-q", psycopg.conninfo.conninfo_to_dict(prod)["dbname"]],
                    check=True, capture_output=True, timeout=120)
+    # Before the schema dump, so the mirror's copy of the table carries it too.
+    query(prod, "ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
     dump = subprocess.run([str(find_pg_bin() / "pg_dump"), "--schema-only", "--no-owner",
                            *(f"--table={t}" for t in TABLES), prod], check=True, capture_output=True, text=True)
     # psql, not a driver: recent pg_dump writes psql meta-commands (\\restrict).
@@ -83,11 +74,11 @@ def prepare(prod: str, mirror: str) -> None:
                    check=True, capture_output=True, text=True, timeout=60)
 
 
-def start_pgbench(url: str, log_prefix: Path, script: Path) -> subprocess.Popen:
+def start_pgbench(url: str, log_prefix: Path) -> subprocess.Popen:
     """pgbench through pgbouncer, one connection per client for the whole run (no -C), a
     line per transaction in the logs; stopped by the test (-T is only a bound)."""
     return subprocess.Popen([*pgbench_args(url), "-n", "-c", str(CLIENTS), "-j", "2", "-T", "240", "-R", str(RATE),
-                             "-s", "1", "-f", str(script), "-l", f"--log-prefix={log_prefix}",
+                             "-s", "1", "-b", "tpcb-like", "-l", f"--log-prefix={log_prefix}",
                              psycopg.conninfo.conninfo_to_dict(url)["dbname"]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -168,9 +159,8 @@ def drill(bootstrap, funnel_name, prod, mirror, bouncer, procs, tmp_path, capsys
     wait_for(lambda: balances(mirror)[0] == 100000, 60, 0.2, "the initial copy on the mirror")
     mark("copied")
 
-    script, log_prefix = tmp_path / "tpcb-keyed.sql", tmp_path / "pgbench"
-    script.write_text(TPCB_KEYED)
-    bench = start_pgbench(bouncer.url("bench"), log_prefix, script)
+    log_prefix = tmp_path / "pgbench"
+    bench = start_pgbench(bouncer.url("bench"), log_prefix)
     try:
         wait_for(lambda: keeps_changing(prod, 0.3), 30, 0.1, "pgbench writing to production")
         time.sleep(2)
