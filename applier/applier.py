@@ -34,6 +34,7 @@ from applier.transaction import MirrorPosition, Transaction
 from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.control import check_mirror_id, command_key, decode_record, delay_key, status_key
+from funnel.records import CommandRecord, DelayRecord, MirrorStatus, oldest_pending
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
 from funnel.errors import CodecError, ConfigError, EventsExpiredError, FencedError, FunnelError, TimeFunnelError
 from funnel.events import Kind
@@ -197,13 +198,13 @@ class Applier:
             # An explicit --delay wins at start (it is the deployment's configuration);
             # publish it so `funnel status` and retention checks know it.
             self.control.write(delay_key(self.options.mirror),
-                               {"delay_s": self.options.delay_s, "set_at": self.clock()})
+                               DelayRecord(self.options.delay_s, self.clock()).to_json())
             return
         known = records.get(delay_key(self.options.mirror))
         if known is None:
             raise ConfigError(f"no delay known for mirror {self.options.mirror!r}",
                               hint="pass --delay, e.g. --delay 4h")
-        self.delay_us = int(float(known["delay_s"]) * MICROS)
+        self.delay_us = DelayRecord.from_json(known).delay_us
 
     def _check_not_expired(self, next_offset: int) -> None:
         if next_offset < self.low_watermark:
@@ -301,10 +302,11 @@ class Applier:
     def _control_record(self, msg: Message) -> None:
         key, value = decode_record(msg.key(), msg.value())
         if key == delay_key(self.options.mirror) and value is not None:
-            self.delay_us = int(float(value["delay_s"]) * MICROS)
+            self.delay_us = DelayRecord.from_json(value).delay_us
             log.info("mirror %s: delay is now %.3fs", self.options.mirror, self.delay_us / MICROS)
         elif key == command_key(self.options.mirror) and value is not None:
-            command = Command(value["id"], value["kind"], value.get("to"), tuple(value.get("excluded") or ()))
+            record = CommandRecord.from_json(value)
+            command = Command(record.id, record.kind, record.to, record.excluded)
             try:
                 self.execute(command)
             except FencedError:
@@ -498,28 +500,31 @@ class Applier:
 
     # -- status -------------------------------------------------------------------
     def status(self) -> dict:
-        """The applier's view of itself, as published on the control topic."""
+        """The applier's view of itself, as published on the control topic (``MirrorStatus`` as JSON)."""
+        return self.status_record().to_json()
+
+    def status_record(self) -> MirrorStatus:
         now = self.clock()
-        oldest = next((h.commit_ts for h in self.held if h.kind is Kind.CHANGES), None)
-        pending = [h for h in self.held if h.kind is not Kind.HEARTBEAT]
-        return {
-            "mirror": self.options.mirror, "funnel": self.options.funnel,
-            "state": "promoted" if self.finished else ("stopped" if self._closing else "running"),
-            "delay_s": self.delay_us / MICROS, "next_offset": self.position.next_offset,
-            "last_txid": self.position.last_txid, "last_commit_ts": self.position.last_commit_ts,
-            "valid_as_of": self.position.valid_as_of, "snapshot_done": self.position.snapshot_done,
-            "held_transactions": len(pending), "held_rows": sum(h.rows for h in pending),
-            "oldest_held_ts": oldest,
-            "behind_s": schedule.seconds_behind(oldest, self.delay_us, now),
-            "applied_transactions": self.stats.applied_transactions, "applied_rows": self.stats.applied_rows,
-            "low_watermark": self.low_watermark, "high_watermark": self.high_watermark,
-            "mode": self.position.mode, "hold_until": self.position.hold_until,
-            "promoted_at": self.position.promoted_at, "promote_target": self.position.promote_target,
-            "excluded_txids": list(self.position.excluded_txids),
-            "command": self.command.as_dict(self.stats) if self.command else None,
-            "sink_url": self.sink_url, "epoch": self.sink.epoch(self.options.funnel, self.options.mirror),
-            "updated_at": now,
-        }
+        held = list(self.held)
+        oldest = oldest_pending(held)
+        pending = [h for h in held if h.kind is not Kind.HEARTBEAT]
+        position = self.position
+        return MirrorStatus(
+            mirror=self.options.mirror, funnel=self.options.funnel,
+            state="promoted" if self.finished else ("stopped" if self._closing else "running"),
+            delay_s=self.delay_us / MICROS, next_offset=position.next_offset,
+            last_txid=position.last_txid, last_commit_ts=position.last_commit_ts,
+            valid_as_of=position.valid_as_of, snapshot_done=position.snapshot_done,
+            held_transactions=len(pending), held_rows=sum(h.rows for h in pending),
+            oldest_held_ts=oldest, behind_s=schedule.seconds_behind(oldest, self.delay_us, now),
+            applied_transactions=self.stats.applied_transactions, applied_rows=self.stats.applied_rows,
+            low_watermark=self.low_watermark, high_watermark=self.high_watermark,
+            mode=position.mode, hold_until=position.hold_until,
+            promoted_at=position.promoted_at, promote_target=position.promote_target,
+            excluded_txids=tuple(position.excluded_txids),
+            command=self.command.as_dict(self.stats) if self.command else None,
+            sink_url=self.sink_url, epoch=self.sink.epoch(self.options.funnel, self.options.mirror),
+            updated_at=now)
 
     def _publish_status(self, force: bool = False) -> None:
         """At most once per status interval (unless ``force``), also from inside long seeks, undos and
