@@ -299,7 +299,7 @@ class Applier:
                                  f"while mirror {self.options.mirror!r} still needed them ({lost})",
                                  hint="re-initialise the mirror and give the funnel a longer retention") from lost
 
-    def _control_record(self, msg: Message) -> None:
+    def _control_record(self, msg: FeedMessage) -> None:
         key, value = decode_record(msg.key(), msg.value())
         if key == delay_key(self.options.mirror) and value is not None:
             self.delay_us = DelayRecord.from_json(value).delay_us
