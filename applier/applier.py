@@ -2,7 +2,7 @@
 
 Loop, in one thread (threads do not help under the GIL, see docs/ARCHITECTURE.md):
 
-1. ``consume`` a batch of messages from the funnel and the control topic;
+1. ``poll`` a batch of messages from the funnel and the control topic (``applier.feed``);
 2. control records change the delay at once;
 3. funnel messages are grouped into whole transactions by their headers and kept as
    raw bytes (memory stays small; decoding happens only when a transaction is due);
@@ -25,20 +25,20 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
-
 from applier import schedule
+from applier.feed import Feed, FeedMessage, KafkaFeed, OffsetLost
 from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, undo_back
 from applier.sinks.base import Sink
 from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
 from funnel.clock import now_us
 from funnel.codec import EventCodec
-from funnel.control import ControlChannel, check_mirror_id, command_key, decode_record, delay_key, status_key
+from funnel.control import check_mirror_id, command_key, decode_record, delay_key, status_key
+from funnel.records import CommandRecord, DelayRecord, MirrorStatus, oldest_pending
 from funnel.reader import Assembler, FunnelReader, TransactionSummary
 from funnel.errors import CodecError, ConfigError, EventsExpiredError, FencedError, FunnelError, TimeFunnelError
 from funnel.events import Kind
-from funnel.kafka import KafkaSettings, control_topic, data_topic, retry_transient
+from funnel.kafka import KafkaSettings
 
 log = logging.getLogger("timefunnel.applier")
 MICROS = 1_000_000
@@ -107,21 +107,27 @@ class Command:
 
 
 class Applier:
-    """One mirror following one funnel with a delay."""
+    """One mirror following one funnel with a delay.
 
-    def __init__(self, kafka: KafkaSettings, sink: Sink, options: ApplierOptions,
+    ``feed`` is what it reads (``applier.feed``); given ``KafkaSettings`` it reads the
+    funnel through a ``KafkaFeed``, the composition roots' usual case.
+    """
+
+    def __init__(self, feed: KafkaSettings | Feed, sink: Sink, options: ApplierOptions,
                  clock: Callable[[], int] = now_us, codec: EventCodec | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         options.validate()
+        if isinstance(feed, KafkaSettings):
+            feed = KafkaFeed(feed, options.funnel, options.mirror)
         self.monotonic = monotonic  # paces status publishing
-        self.kafka = kafka
+        self.feed = feed
+        self.kafka: KafkaSettings | None = getattr(feed, "kafka", None)  # the metrics' own funnel scans use it
         self.sink = sink
         self.options = options
         self.clock = clock
         self.codec = codec or EventCodec()
-        self.topic = data_topic(options.funnel)
-        self.partition = TopicPartition(self.topic, 0)
-        self.control = ControlChannel(kafka, options.funnel)
+        self.topic = feed.topic
+        self.control = feed.control()
         self.stats = ApplierStats()
         self.held: deque[TransactionSummary] = deque()
         self.held_rows = 0
@@ -131,7 +137,8 @@ class Applier:
         self.paused = False
         self.low_watermark = 0
         self.high_watermark = 0
-        self._consumer: Consumer | None = None
+        self._started = False  # the feed is open: close() must publish the final status and close it
+        self._generation = 0  # bumped when the feed is repositioned: what was polled before lies beyond
         # Called once per group commit with (seconds, transactions, rows): the metrics'
         # apply-duration histogram, which must include decoding, not only the sink.
         self.apply_observers: list[Callable[[float, int, int], None]] = []
@@ -162,37 +169,25 @@ class Applier:
         refuse_if_promoted(self.sink.read_position(self.options.funnel, self.options.mirror))
         control_records = self.control.read_all()
         self._set_initial_delay(control_records)
-        self._consumer = self._new_consumer()
+        self._started = True
         self._refresh_watermarks(force=True)
         stored = self.sink.claim(self.options.funnel, self.options.mirror)
         refuse_if_promoted(stored)
         self.position = stored or MirrorPosition(self.options.funnel, self.options.mirror, self.topic,
                                                  0, self._start_offset())
         self._check_not_expired(self.position.next_offset)
-        _, control_high = self._consumer.get_watermark_offsets(
-            TopicPartition(control_topic(self.options.funnel), 0), timeout=15, cached=False)
+        control_high = self.feed.control_end()
         self._control_start = control_high  # commands written before we started are not ours to run
         self._assign(control_high)
         log.info("mirror %s follows %s from offset %d with delay %.3fs", self.options.mirror, self.topic,
                  self.position.next_offset, self.delay_us / MICROS)
 
     def _start_offset(self) -> int:
-        with FunnelReader(self.kafka, self.options.funnel) as reader:
+        with self.feed.reader() as reader:
             return start_offset(reader, self.options.mirror, self.codec)
 
-    def _new_consumer(self) -> Consumer:
-        return Consumer(self.kafka.client(**{
-            "group.id": f"timefunnel.{self.options.funnel}.{self.options.mirror}",
-            "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "isolation.level": "read_committed", "auto.offset.reset": "error",
-            # librdkafka prefetches up to 64 MiB per partition by default; the applier's
-            # own buffer does the holding, so keep the prefetch small.
-            "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 8 * 1024 * 1024,
-        }))
-
     def _assign(self, control_offset: int) -> None:
-        self._consumer.assign([TopicPartition(self.topic, 0, self.position.next_offset),
-                               TopicPartition(control_topic(self.options.funnel), 0, control_offset)])
+        self.feed.assign(self.position.next_offset, control_offset)
         self.paused = False
 
     def _set_initial_delay(self, records: dict) -> None:
@@ -203,13 +198,13 @@ class Applier:
             # An explicit --delay wins at start (it is the deployment's configuration);
             # publish it so `funnel status` and retention checks know it.
             self.control.write(delay_key(self.options.mirror),
-                               {"delay_s": self.options.delay_s, "set_at": self.clock()})
+                               DelayRecord(self.options.delay_s, self.clock()).to_json())
             return
         known = records.get(delay_key(self.options.mirror))
         if known is None:
             raise ConfigError(f"no delay known for mirror {self.options.mirror!r}",
                               hint="pass --delay, e.g. --delay 4h")
-        self.delay_us = int(float(known["delay_s"]) * MICROS)
+        self.delay_us = DelayRecord.from_json(known).delay_us
 
     def _check_not_expired(self, next_offset: int) -> None:
         if next_offset < self.low_watermark:
@@ -229,14 +224,8 @@ class Applier:
         """
         if not force and time.monotonic() - self._last_watermarks < 1.0:
             return
-        def read(cached: bool) -> tuple[int, int]:
-            return retry_transient(lambda: self._consumer.get_watermark_offsets(self.partition, timeout=10,
-                                                                               cached=cached),
-                                   f"cannot read funnel {self.options.funnel!r}")
         try:
-            low, high = read(cached=not force)
-            if low < 0 or high < 0:  # nothing cached yet
-                low, high = read(cached=False)
+            low, high = self.feed.watermarks(cached=not force)
         except FunnelError as exc:
             if force:
                 raise
@@ -249,7 +238,7 @@ class Applier:
     def run(self, stop: threading.Event | None = None, until: Callable[["Applier"], bool] | None = None) -> None:
         """Apply until ``stop`` is set or ``until(self)`` is true. Raises on any expected failure."""
         stop = stop or threading.Event()
-        if self._consumer is None:
+        if not self._started:
             self.start()
         try:
             while not stop.is_set() and not self.finished:
@@ -269,12 +258,16 @@ class Applier:
         """
         if self._fenced is not None:
             raise self._fenced
-        consumer = self._consumer
-        for msg in consumer.consume(2000, timeout=self._poll_timeout(poll_timeout_s)):
+        generation = self._generation
+        try:
+            messages = self.feed.poll(2000, self._poll_timeout(poll_timeout_s))
+        except OffsetLost as exc:
+            self._expired_while_reading(exc)
+        for msg in messages:
             self._receive(msg)
-            if self._consumer is not consumer:
-                # A backward seek (a control record in this batch) repositioned the funnel
-                # with a new consumer: the rest of this batch lies after the new position.
+            if self._generation != generation:
+                # A backward seek (a control record in this batch) repositioned the
+                # feed: the rest of this batch lies after the new position.
                 break
         self._flow_control()
         applied = self._apply_due()
@@ -290,9 +283,7 @@ class Applier:
         wait_us = schedule.due_at(self.held[0].commit_ts, self.delay_us) - self.clock()
         return max(0.0, min(default, wait_us / MICROS))
 
-    def _receive(self, msg: Message) -> None:
-        if msg.error():
-            self._raise_consumer_error(msg.error())
+    def _receive(self, msg: FeedMessage) -> None:
         if msg.topic() != self.topic:
             self._control_record(msg)
             return
@@ -301,26 +292,21 @@ class Applier:
             self.held.append(held)
             self.held_rows += held.rows
 
-    def _raise_consumer_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
-            self._refresh_watermarks(force=True)
-            self._check_not_expired(self.position.next_offset)
-            raise EventsExpiredError(f"funnel {self.topic!r}: events before offset {self.low_watermark} expired "
-                                     f"while mirror {self.options.mirror!r} still needed them ({error.str()})",
-                                     hint="re-initialise the mirror and give the funnel a longer retention")
-        if error.fatal():
-            raise FunnelError(f"Kafka consumer failed: {error.str()}")
-        log.warning("Kafka consumer: %s", error.str())  # transient: librdkafka retries by itself
+    def _expired_while_reading(self, lost: OffsetLost) -> None:
+        self._refresh_watermarks(force=True)
+        self._check_not_expired(self.position.next_offset)
+        raise EventsExpiredError(f"funnel {self.topic!r}: events before offset {self.low_watermark} expired "
+                                 f"while mirror {self.options.mirror!r} still needed them ({lost})",
+                                 hint="re-initialise the mirror and give the funnel a longer retention") from lost
 
-    def _control_record(self, msg: Message) -> None:
+    def _control_record(self, msg: FeedMessage) -> None:
         key, value = decode_record(msg.key(), msg.value())
         if key == delay_key(self.options.mirror) and value is not None:
-            self.delay_us = int(float(value["delay_s"]) * MICROS)
+            self.delay_us = DelayRecord.from_json(value).delay_us
             log.info("mirror %s: delay is now %.3fs", self.options.mirror, self.delay_us / MICROS)
         elif key == command_key(self.options.mirror) and value is not None:
-            command = Command(value["id"], value["kind"], value.get("to"), tuple(value.get("excluded") or ()))
+            record = CommandRecord.from_json(value)
+            command = Command(record.id, record.kind, record.to, record.excluded)
             try:
                 self.execute(command)
             except FencedError:
@@ -347,7 +333,7 @@ class Applier:
             self._persist(replace(self.position, hold_until=None, excluded_txids=()))
             command.state = "done"
             return
-        with FunnelReader(self.kafka, self.options.funnel) as reader:
+        with self.feed.reader() as reader:
             # A plan made by the caller for this very position (the CLI's, shown to the
             # operator) is reused: planning scans the whole funnel.
             if plan is None or plan.next_offset != self.position.next_offset or plan.to != command.to:
@@ -373,19 +359,17 @@ class Applier:
 
         self.position = undo_back(self.sink, reader, self.position, from_offset, self.codec, progress,
                                   tick=self._publish_status)
-        # What the consumer holds now lies after the new position: read it again, with a
-        # new consumer (librdkafka would keep reporting the old position after a re-assign).
+        # What the feed holds now lies after the new position: read it again.
         self.held.clear()
         self.held_rows = 0
         self.assembler = Assembler(self.topic, keep_payloads=True)
         control_offset = self._control_offset()
-        self._consumer.close()
-        self._consumer = self._new_consumer()
+        self.feed.reopen()
+        self._generation += 1
         self._assign(control_offset)
 
     def _control_offset(self) -> int:
-        position = self._consumer.position([TopicPartition(control_topic(self.options.funnel), 0)])[0].offset
-        return max(position, self._control_start)
+        return max(self.feed.control_position(), self._control_start)
 
     def _persist(self, position: MirrorPosition) -> None:
         self.sink.apply([], position)
@@ -415,8 +399,7 @@ class Applier:
         return self._position_at_high_watermark()
 
     def _position_at_high_watermark(self) -> bool:
-        position = self._consumer.position([self.partition])[0].offset
-        return max(position, self.position.next_offset) >= self.high_watermark
+        return max(self.feed.position(), self.position.next_offset) >= self.high_watermark
 
     def command_done(self) -> bool:
         return self.command is None or self.command.state != "running"
@@ -440,10 +423,10 @@ class Applier:
     def _flow_control(self) -> None:
         limit = self.options.buffer_rows
         if not self.paused and self.held_rows >= limit:
-            self._consumer.pause([self.partition])
+            self.feed.pause()
             self.paused = True
         elif self.paused and self.held_rows <= limit // 2:
-            self._consumer.resume([self.partition])
+            self.feed.resume()
             self.paused = False
 
     # -- applying -----------------------------------------------------------------
@@ -492,7 +475,7 @@ class Applier:
         self.stats.commits += 1
         for observe in self.apply_observers:
             observe(elapsed, len(transactions), rows)
-        self._consumer.commit(offsets=[TopicPartition(self.topic, 0, position.next_offset)], asynchronous=True)
+        self.feed.commit(position.next_offset)
         return rows
 
     def _decode(self, held: TransactionSummary) -> Transaction:
@@ -517,28 +500,31 @@ class Applier:
 
     # -- status -------------------------------------------------------------------
     def status(self) -> dict:
-        """The applier's view of itself, as published on the control topic."""
+        """The applier's view of itself, as published on the control topic (``MirrorStatus`` as JSON)."""
+        return self.status_record().to_json()
+
+    def status_record(self) -> MirrorStatus:
         now = self.clock()
-        oldest = next((h.commit_ts for h in self.held if h.kind is Kind.CHANGES), None)
-        pending = [h for h in self.held if h.kind is not Kind.HEARTBEAT]
-        return {
-            "mirror": self.options.mirror, "funnel": self.options.funnel,
-            "state": "promoted" if self.finished else ("stopped" if self._closing else "running"),
-            "delay_s": self.delay_us / MICROS, "next_offset": self.position.next_offset,
-            "last_txid": self.position.last_txid, "last_commit_ts": self.position.last_commit_ts,
-            "valid_as_of": self.position.valid_as_of, "snapshot_done": self.position.snapshot_done,
-            "held_transactions": len(pending), "held_rows": sum(h.rows for h in pending),
-            "oldest_held_ts": oldest,
-            "behind_s": schedule.seconds_behind(oldest, self.delay_us, now),
-            "applied_transactions": self.stats.applied_transactions, "applied_rows": self.stats.applied_rows,
-            "low_watermark": self.low_watermark, "high_watermark": self.high_watermark,
-            "mode": self.position.mode, "hold_until": self.position.hold_until,
-            "promoted_at": self.position.promoted_at, "promote_target": self.position.promote_target,
-            "excluded_txids": list(self.position.excluded_txids),
-            "command": self.command.as_dict(self.stats) if self.command else None,
-            "sink_url": self.sink_url, "epoch": self.sink.epoch(self.options.funnel, self.options.mirror),
-            "updated_at": now,
-        }
+        held = list(self.held)
+        oldest = oldest_pending(held)
+        pending = [h for h in held if h.kind is not Kind.HEARTBEAT]
+        position = self.position
+        return MirrorStatus(
+            mirror=self.options.mirror, funnel=self.options.funnel,
+            state="promoted" if self.finished else ("stopped" if self._closing else "running"),
+            delay_s=self.delay_us / MICROS, next_offset=position.next_offset,
+            last_txid=position.last_txid, last_commit_ts=position.last_commit_ts,
+            valid_as_of=position.valid_as_of, snapshot_done=position.snapshot_done,
+            held_transactions=len(pending), held_rows=sum(h.rows for h in pending),
+            oldest_held_ts=oldest, behind_s=schedule.seconds_behind(oldest, self.delay_us, now),
+            applied_transactions=self.stats.applied_transactions, applied_rows=self.stats.applied_rows,
+            low_watermark=self.low_watermark, high_watermark=self.high_watermark,
+            mode=position.mode, hold_until=position.hold_until,
+            promoted_at=position.promoted_at, promote_target=position.promote_target,
+            excluded_txids=tuple(position.excluded_txids),
+            command=self.command.as_dict(self.stats) if self.command else None,
+            sink_url=self.sink_url, epoch=self.sink.epoch(self.options.funnel, self.options.mirror),
+            updated_at=now)
 
     def _publish_status(self, force: bool = False) -> None:
         """At most once per status interval (unless ``force``), also from inside long seeks, undos and
@@ -563,7 +549,7 @@ class Applier:
             log.warning("cannot publish status: %s", exc)
 
     def close(self) -> None:
-        if self._consumer is not None:
+        if self._started:
             self._closing = True
             try:
                 self._publish_status(force=True)  # not once fenced: the newer applier's status stands
@@ -573,6 +559,6 @@ class Applier:
                 self.control.close()
             except Exception as exc:
                 log.warning("closing control channel: %s", exc)
-            self._consumer.close()
-            self._consumer = None
+            self.feed.close()
+            self._started = False
         self.sink.close()

@@ -21,7 +21,6 @@ watermark minus next offset): it also counts heartbeats and transaction markers.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from funnel import headers
 from funnel.errors import FunnelError, TimeFunnelError
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings
+from funnel.records import oldest_pending, oldest_pending_age_s, retention_headroom_s
 from funnel.metrics_endpoint import MetricsEndpoint, new_registry, sample, serve_registry
 from funnel.topic import FunnelAdmin
 
@@ -257,7 +257,7 @@ class ApplierCollector(Collector):
         labels = [a.options.funnel, a.options.mirror]
         position = a.position
         held = list(a.held)  # one C-level copy: the apply thread may change the deque meanwhile
-        oldest = next((h.commit_ts for h in held if h.kind is not Kind.HEARTBEAT), None)
+        oldest = oldest_pending(held)
         retention_s = self.scanner.retention_s
 
         def gauge(name: str, doc: str, value: float | None) -> Iterable[Metric]:
@@ -278,7 +278,7 @@ class ApplierCollector(Collector):
                          a.held_rows)
         yield from gauge("timefunnel_oldest_pending_age_seconds",
                          "Age of the oldest pending (not yet applied) transaction; 0 when none.",
-                         (now - oldest) / MICROS if oldest else 0.0)
+                         oldest_pending_age_s(oldest, now))
         yield from gauge("timefunnel_behind_schedule_seconds",
                          "How late the oldest pending transaction is against commit time + delay.",
                          schedule.seconds_behind(oldest, a.delay_us, now))
@@ -286,8 +286,7 @@ class ApplierCollector(Collector):
         yield from gauge("timefunnel_retention_headroom_seconds",
                          "Time until the oldest pending transaction expires from the funnel "
                          "(its commit time + retention - now); +Inf for unlimited retention.",
-                         None if retention_s is None else
-                         math.inf if math.isinf(retention_s) else ((oldest or now) + retention_s * MICROS - now) / MICROS)
+                         None if retention_s is None else retention_headroom_s(oldest, retention_s, now))
         state = GaugeMetricFamily("timefunnel_mirror_state", "1 for the mirror's current state, else 0.",
                                   labels=["funnel", "mirror", "state"])
         current = position.mode

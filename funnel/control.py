@@ -3,10 +3,13 @@
 Keys say what a record is about; the latest value per key is the truth:
 
 - ``delay/<mirror>``    {"delay_s": float, "set_at": µs}       set by the operator
-- ``status/<mirror>``   what a running applier reports about itself (see applier.status)
-- ``producer/<source>`` what a running capture reports about itself
+                        (``records.DelayRecord``)
+- ``status/<mirror>``   what a running applier reports about itself (``records.MirrorStatus``)
+- ``producer/<source>`` what a running capture reports about itself (``records.CaptureStatus``)
 - ``command/<mirror>``  seek, resume or promote for a running applier (latest wins;
-                        an applier reads only commands written after it started)
+                        an applier reads only commands written after it started;
+                        ``records.CommandRecord``)
+- ``switchback/<mirror>`` the switchback's state machine (``applier.switchback.state``)
 - ``table/<table>``     production's definition of a captured table, published by the
                         capture at start: {"table", "columns": [{"name", "type",
                         "not_null"}], "key": [...]}; PostgreSQL mirrors create missing
@@ -18,7 +21,8 @@ Keys say what a record is about; the latest value per key is the truth:
                         spelled or named, continues this source (producer.lineage)
 
 JSON rather than Avro because these records are few, small and read by people with
-kcat as often as by programs.
+kcat as often as by programs.  Keys are built only here; what the values mean is
+``funnel.records``.
 """
 from __future__ import annotations
 
@@ -26,23 +30,23 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from funnel.errors import ConfigError, FunnelError
 from funnel.kafka import KafkaSettings, control_topic, kafka_error, retry_transient
+from funnel.records import STATUS_STALE_AFTER_S, CaptureStatus, CommandRecord, DelayRecord, MirrorStatus, is_fresh
 
 READ_TIMEOUT_S = 15.0
-# Appliers and captures report every second; a status record older than this means the
-# process is not running.
-STATUS_STALE_AFTER_S = 10.0
+__all__ = ["STATUS_STALE_AFTER_S"]  # re-exported: where it was defined first
 
 
 def status_is_fresh(record: dict[str, Any] | None, now_us: int) -> bool:
-    """True when ``record`` (an applier's or capture's status) was written recently enough
-    that its process still runs."""
-    return bool(record) and (now_us - record.get("updated_at", 0)) / 1e6 < STATUS_STALE_AFTER_S
+    """True when ``record`` (an applier's or capture's status, as JSON) was written recently enough
+    that its process still runs (``records.is_fresh``)."""
+    return bool(record) and is_fresh(record.get("updated_at", 0), now_us)
 
 
 # A mirror id is part of control keys ("delay/<id>"), of the applier's consumer group
@@ -84,6 +88,42 @@ SOURCE_PREFIX = "source/"
 
 def source_key(source: str) -> str:
     return f"{SOURCE_PREFIX}{source}"
+
+
+def switchback_key(mirror: str) -> str:
+    return f"switchback/{mirror}"
+
+
+def _names(records: dict[str, Any], prefix: str) -> list[str]:
+    return sorted(key[len(prefix):] for key in records if key.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """One read of the whole control topic, with typed accessors."""
+
+    records: dict[str, dict[str, Any]]
+
+    def delay(self, mirror: str) -> DelayRecord | None:
+        found = self.records.get(delay_key(mirror))
+        return None if found is None else DelayRecord.from_json(found)
+
+    def status(self, mirror: str) -> MirrorStatus | None:
+        found = self.records.get(status_key(mirror))
+        return None if not found else MirrorStatus.from_json(found)
+
+    def switchback(self, mirror: str) -> dict[str, Any] | None:
+        """The raw switchback record (``applier.switchback.state.SwitchbackState.from_record`` types it)."""
+        return self.records.get(switchback_key(mirror))
+
+    def mirrors(self) -> list[str]:
+        """Every mirror with a delay or a status, sorted."""
+        return sorted(set(_names(self.records, delay_key(""))) | set(_names(self.records, status_key(""))))
+
+    def captures(self) -> dict[str, CaptureStatus]:
+        """Every capture's last status, by source name, sorted."""
+        return {source: CaptureStatus.from_json(self.records[producer_key(source)])
+                for source in _names(self.records, producer_key(""))}
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any] | None]:
@@ -161,14 +201,29 @@ class ControlChannel:
         finally:
             consumer.close()
 
+    def state(self) -> ControlState:
+        """The whole topic, typed. Raises FunnelError."""
+        return ControlState(self.read_all())
+
+    def write_delay(self, mirror: str, record: DelayRecord) -> None:
+        self.write(delay_key(mirror), record.to_json())
+
+    def write_status(self, status: MirrorStatus, flush: bool = True) -> None:
+        self.write(status_key(status.mirror), status.to_json(), flush=flush)
+
+    def write_command(self, mirror: str, command: CommandRecord) -> None:
+        self.write(command_key(mirror), command.to_json())
+
     def delays(self) -> dict[str, float]:
         """Every mirror's delay in seconds as the control topic knows it."""
-        return {key.split("/", 1)[1]: float(value["delay_s"])
-                for key, value in self.read_all().items() if key.startswith("delay/")}
+        records = self.read_all()
+        return {mirror: DelayRecord.from_json(records[delay_key(mirror)]).delay_s
+                for mirror in _names(records, delay_key(""))}
 
     def table_definitions(self) -> dict[str, dict[str, Any]]:
         """Production's table definitions as the capture published them, by table name."""
-        return {key.split("/", 1)[1]: value for key, value in self.read_all().items() if key.startswith("table/")}
+        records = self.read_all()
+        return {table: records[table_key(table)] for table in _names(records, table_key(""))}
 
     def close(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         if self._producer is not None:

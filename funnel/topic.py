@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from funnel.errors import ConfigError, FunnelError
 from funnel.kafka import KafkaSettings, control_topic, data_topic, kafka_error
+from funnel.records import delay_fits_retention
 
 ADMIN_TIMEOUT_S = 30.0
 
@@ -32,7 +33,7 @@ class FunnelSpec:
         check_funnel_name(self.name)
         if self.retention_s <= 0:
             raise ConfigError("retention must be positive")
-        if self.retention_s <= longest_delay_s:
+        if not delay_fits_retention(longest_delay_s, self.retention_s):
             raise ConfigError(
                 f"retention {self.retention_s:g}s is not longer than the longest mirror delay "
                 f"{longest_delay_s:g}s: events would expire before they are applied",

@@ -21,7 +21,7 @@ from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, Sw
                                       note, prepare_decision)
 from applier.switchback.store import RecordWatcher
 from applier.transaction import MirrorPosition
-from funnel.control import status_is_fresh, status_key
+from funnel.control import ControlState
 from funnel.kafka import data_topic
 from funnel.timeparse import format_duration
 from funnel.topic import FunnelSpec
@@ -69,11 +69,11 @@ def prepare(ctx: SwitchbackContext, to_url: str, from_url: str | None = None, so
 
 
 def _mirror_url(ctx: SwitchbackContext, records: dict[str, dict]) -> str:
-    status = records.get(status_key(ctx.mirror))
-    if not status or not status.get("sink_url"):
+    status = ControlState(records).status(ctx.mirror)
+    if status is None or not status.sink_url:
         raise SwitchbackError(f"unknown mirror {ctx.mirror!r} on funnel {ctx.funnel!r}",
                               hint="check the mirror id (`funnel status`), or pass --from URL of the mirror")
-    return status["sink_url"]
+    return status.sink_url
 
 
 def _check_promoted(ctx: SwitchbackContext, mirror_db: Database) -> MirrorPosition:
@@ -94,20 +94,20 @@ def _refuse_running_capture(ctx: SwitchbackContext, records: dict[str, dict]) ->
 
     A stopped capture's last status looks fresh for a while, so a fresh one is read twice.
     """
-    fresh = {key: value for key, value in records.items()
-             if key.startswith("producer/") and status_is_fresh(value, ctx.clock())}
+    fresh = {source: capture for source, capture in ControlState(records).captures().items()
+             if capture.fresh(ctx.clock())}
     if not fresh:
         return
     time.sleep(2.5)
-    again = ctx.control.read_all()
-    for key, value in fresh.items():
-        if again.get(key, {}).get("updated_at", 0) > value.get("updated_at", 0):
-            raise SwitchbackError(f"the capture of funnel {ctx.funnel!r} (source {key.split('/', 1)[1]!r}) is "
+    again = ctx.control.state().captures()
+    for source, capture in fresh.items():
+        if source in again and again[source].updated_at > capture.updated_at:
+            raise SwitchbackError(f"the capture of funnel {ctx.funnel!r} (source {source!r}) is "
                                   f"still running", hint="stop it first: production is rebuilt from the mirror")
 
 
 def _forward_source(ctx: SwitchbackContext, records: dict[str, dict], to_url: str) -> str:
-    sources = [key.split("/", 1)[1] for key in records if key.startswith("producer/")]
+    sources = list(ControlState(records).captures())
     return sources[0] if len(sources) == 1 else ctx.port.default_source_name(to_url)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.databases import open_database
 from applier.switchback.state import REVERSE_MIRROR, next_action
-from funnel.control import ControlChannel, producer_key, status_is_fresh, status_key
+from funnel.control import ControlChannel, status_key
 from funnel.errors import TimeFunnelError
 from funnel.kafka import control_topic
 
@@ -30,15 +30,14 @@ def status(ctx: SwitchbackContext) -> dict[str, Any]:
         except TimeFunnelError as exc:  # e.g. a PostgreSQL mirror whose password is not in the environment
             report["mirror_frozen"] = f"unknown: {exc}"
     if state.active and control_topic(state.reverse_funnel) in ctx.admin.topics():
-        reverse = ControlChannel(ctx.kafka, state.reverse_funnel).read_all()
-        applier = reverse.get(status_key(REVERSE_MIRROR))
-        capture = reverse.get(producer_key(f"switchback-{ctx.mirror}"))
-        now = ctx.clock()
+        reverse = ControlChannel(ctx.kafka, state.reverse_funnel).state()
+        applier = reverse.status(REVERSE_MIRROR)
+        capture = reverse.captures().get(f"switchback-{ctx.mirror}")
         report["reverse"] = {
-            "running": bool(applier) and applier.get("state") == "running" and status_is_fresh(applier, now),
-            "production_valid_as_of": (applier or {}).get("valid_as_of"),
-            "production_next_offset": (applier or {}).get("next_offset"),
-            "captured_position": (capture or {}).get("position"),
+            "running": applier is not None and applier.running(ctx.clock()),
+            "production_valid_as_of": applier.valid_as_of if applier else None,
+            "production_next_offset": applier.next_offset if applier else None,
+            "captured_position": capture.position if capture else None,
         }
     running = report["reverse"]["running"] if report["reverse"] else (False if state.active else None)
     report["next"] = next_action(state, ctx.mirror, prepare_running=running)

@@ -11,7 +11,7 @@ from applier.sinks import open_sink
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.pipeline import ReversePipeline
 from applier.switchback.state import REVERSE_MIRROR, SwitchbackError, SwitchbackState
-from funnel.control import STATUS_STALE_AFTER_S, ControlChannel, status_key
+from funnel.control import ControlChannel
 from funnel.kafka import control_topic, data_topic, kafka_error
 from funnel.timeparse import format_time
 from funnel.topic import ADMIN_TIMEOUT_S
@@ -53,9 +53,8 @@ def wait_prepare_stopped(ctx: SwitchbackContext, state: SwitchbackState) -> None
     deadline = time.monotonic() + HANDOVER_TIMEOUT_S
     announced = False
     while True:
-        status = ControlChannel(ctx.kafka, state.reverse_funnel).read_all().get(status_key(REVERSE_MIRROR))
-        if not status or status.get("state") != "running" or \
-                (ctx.clock() - status.get("updated_at", 0)) / 1e6 > STATUS_STALE_AFTER_S:
+        status = ControlChannel(ctx.kafka, state.reverse_funnel).state().status(REVERSE_MIRROR)
+        if status is None or not status.running(ctx.clock()):
             return
         if time.monotonic() > deadline:
             raise SwitchbackError(f"prepare still runs the reverse direction after {HANDOVER_TIMEOUT_S:.0f}s",

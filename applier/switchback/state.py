@@ -37,9 +37,9 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from funnel.control import switchback_key
 from funnel.errors import TimeFunnelError
 
-RECORD_PREFIX = "switchback/"
 REVERSE_MIRROR = "production"  # the reverse applier's mirror id, in production's state table
 
 
@@ -90,7 +90,7 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
 
 
 def record_key(mirror: str) -> str:
-    return f"{RECORD_PREFIX}{mirror}"
+    return switchback_key(mirror)
 
 
 def reverse_funnel_name(funnel: str, cycle: str) -> str:

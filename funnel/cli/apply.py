@@ -1,13 +1,10 @@
 """``funnel apply SINK_URL --funnel NAME --mirror ID --delay 4h``: run the delayed applier."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from funnel.cli.options import (DURATION, MIRROR_ID, funnel_option, kafka_options, kafka_settings, metrics_options,
                                 setup_logging, stop_on_signals)
-from funnel.topic import FunnelAdmin
 
 
 @click.command()
@@ -31,39 +28,18 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
           create_tables: bool, until_caught_up: bool, verbose: bool, metrics_port: int | None, metrics_addr: str,
           bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Apply the funnel to the mirror at SINK_URL (sqlite:///path), each transaction after its delay."""
-    from applier.applier import Applier, ApplierOptions
-    from applier.sinks import open_sink
-    from funnel.control import ControlChannel
-    from funnel.errors import ConfigError
+    from applier.applier import ApplierOptions
+    from applier.launch import check_options, start_applier
     from funnel.timeparse import format_duration
     from producer.sources.marks import refuse_capture_source
 
     setup_logging(verbose)
     kafka = kafka_settings(bootstrap, settings)
     options = ApplierOptions(funnel_name, mirror, delay, buffer_rows=buffer_rows)
-    options.validate()
-    info = FunnelAdmin(kafka).describe(funnel_name)
-    if delay is not None and delay >= info.retention_s:
-        raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s retention "
-                          f"{format_duration(info.retention_s)}: events would expire before they are due")
+    check_options(kafka, options)
     refuse_capture_source(sink_url, funnel_name)  # before the sink creates its file or state table
-    new_file = _new_sqlite_file(sink_url)
-    sink = open_sink(sink_url, create_tables=create_tables,
-                     table_definitions=lambda: ControlChannel(kafka, funnel_name).table_definitions())
-    applier = Applier(kafka, sink, options)
-    from funnel.urls import without_password
-
-    applier.sink_url = without_password(sink_url)
     stop = stop_on_signals()
-    try:
-        applier.start()
-    except BaseException:
-        # A refused start (no delay known, events expired) must not leave behind the
-        # mirror file that opening the sink just created.
-        sink.close()
-        if new_file:
-            _remove_sqlite_file(new_file)
-        raise
+    applier = start_applier(kafka, sink_url, options, create_tables)
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
                f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
     if metrics_port is None:
@@ -77,19 +53,3 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
         applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)
     finally:
         endpoint.close()
-
-
-def _new_sqlite_file(sink_url: str) -> Path | None:
-    """The mirror's file when ``sink_url`` is a SQLite URL whose file does not exist yet."""
-    from funnel.urls import sqlite_path
-
-    if not sink_url.lower().startswith("sqlite:"):
-        return None
-    path = Path(sqlite_path(sink_url))
-    return None if path.exists() else path
-
-
-def _remove_sqlite_file(path: Path) -> None:
-    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
-                     path.with_name(path.name + "-journal")):
-        leftover.unlink(missing_ok=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from funnel.cli.options import DURATION, MIRROR_ID, funnel_option, kafka_options, kafka_settings
-from funnel.control import ControlChannel, delay_key
-from funnel.errors import ConfigError
+from funnel.clock import now_us
+from funnel.control import ControlChannel
+from funnel.records import DelayRecord, check_delay_fits_retention
 from funnel.timeparse import format_duration
 from funnel.topic import FunnelAdmin
 
@@ -17,15 +18,10 @@ from funnel.topic import FunnelAdmin
 @kafka_options
 def delay(mirror: str, delay: float, funnel_name: str, bootstrap: str | None, settings: tuple[str, ...]) -> None:
     """Set mirror MIRROR's delay to DELAY (e.g. 15m); a running applier follows within a second."""
-    import time
-
     kafka = kafka_settings(bootstrap, settings)
     info = FunnelAdmin(kafka).describe(funnel_name)
-    if delay >= info.retention_s:
-        raise ConfigError(f"delay {format_duration(delay)} is not shorter than funnel {funnel_name!r}'s "
-                          f"retention {format_duration(info.retention_s)}: events would expire before they are due",
-                          hint="raise the topic's retention.ms first")
+    check_delay_fits_retention(delay, info.retention_s, funnel_name)
     channel = ControlChannel(kafka, funnel_name)
-    channel.write(delay_key(mirror), {"delay_s": delay, "set_at": time.time_ns() // 1000})
+    channel.write_delay(mirror, DelayRecord(delay, now_us()))
     channel.close()
     click.echo(f"mirror {mirror!r} on funnel {funnel_name!r}: delay set to {format_duration(delay)}")

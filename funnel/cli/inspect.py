@@ -11,7 +11,7 @@ import click
 
 from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.codec import EventCodec
-from funnel.control import ControlChannel, status_key
+from funnel.control import ControlChannel
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind, Op
 from funnel.reader import FunnelReader, TransactionSummary
@@ -84,11 +84,11 @@ def _mirror_next_offset(kafka, funnel: str, mirror: str, sink_url: str | None) -
         if position is None:
             raise TimeFunnelError(f"mirror {mirror!r} does not exist in {sink_url} for funnel {funnel!r}")
         return position.next_offset
-    status = ControlChannel(kafka, funnel).read_all().get(status_key(mirror))
+    status = ControlChannel(kafka, funnel).state().status(mirror)
     if status is None:
         raise TimeFunnelError(f"unknown mirror {mirror!r} on funnel {funnel!r}",
                               hint="check the mirror id (funnel status) or pass --sink URL")
-    return status["next_offset"]
+    return status.next_offset
 
 
 def _describe(summary: TransactionSummary, codec: EventCodec, next_offset: int | None,

@@ -16,7 +16,7 @@ from confluent_kafka import TopicPartition
 
 from applier.applier import Applier, ApplierOptions
 from applier.sinks import open_sink
-from funnel.cli.status import funnel_report
+from applier.status_report import funnel_report
 from funnel.events import Kind, Op, Row, TableChanges
 from funnel.kafka import KafkaSettings, data_topic
 from funnel.reader import FunnelReader

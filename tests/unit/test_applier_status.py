@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 
 from applier.applier import Applier, ApplierOptions, Command
+from applier.memory_feed import MemoryFunnel
 from applier.transaction import MirrorPosition
 from funnel.codec import EventCodec
 from funnel.control import STATUS_STALE_AFTER_S, status_key
 from funnel.errors import ConfigError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
-from funnel.kafka import KafkaSettings
 from funnel.reader import TransactionSummary
 
 READ_S = 0.25  # reading and inverting one transaction, in fake seconds
@@ -84,26 +84,13 @@ class Control:
         self.published.append((self.clock.now, value))
 
 
-class Consumer:
-    def position(self, partitions):
-        return partitions
-
-    def close(self) -> None:
-        pass
-
-    def assign(self, partitions) -> None:
-        pass
-
-
 def test_a_long_undo_publishes_status_every_interval_and_counts_what_it_undid() -> None:
     clock = Clock()
     sink = Sink(clock)
-    applier = Applier(KafkaSettings("127.0.0.1:9"), sink, ApplierOptions("shop", "m1", delay_s=0),
+    applier = Applier(MemoryFunnel("shop").feed(), sink, ApplierOptions("shop", "m1", delay_s=0),
                       clock=clock.micros, monotonic=clock.monotonic)
     applier.control = Control(clock)
     applier.position = MirrorPosition("shop", "m1", "shop", 0, 200, last_txid="t199")
-    applier._consumer = Consumer()
-    applier._new_consumer = Consumer
     applier.command = Command("c1", "promote")
     applier.command.begin(applier.stats)
     started = clock.now
@@ -122,7 +109,7 @@ def test_a_long_undo_publishes_status_every_interval_and_counts_what_it_undid() 
 
 def test_status_is_published_at_most_once_per_interval_unless_forced() -> None:
     clock = Clock()
-    applier = Applier(KafkaSettings("127.0.0.1:9"), Sink(clock), ApplierOptions("shop", "m1", delay_s=0),
+    applier = Applier(MemoryFunnel("shop").feed(), Sink(clock), ApplierOptions("shop", "m1", delay_s=0),
                       clock=clock.micros, monotonic=clock.monotonic)
     applier.control = Control(clock)
     applier.position = MirrorPosition("shop", "m1", "shop", 0, 0)
@@ -151,7 +138,7 @@ def test_a_start_that_fails_before_it_could_run_takes_nothing_over() -> None:
 
     clock = Clock()
     sink = Unclaimed(clock)
-    applier = Applier(KafkaSettings("127.0.0.1:9"), sink, ApplierOptions("shop", "m1", delay_s=None),
+    applier = Applier(MemoryFunnel("shop").feed(), sink, ApplierOptions("shop", "m1", delay_s=None),
                       clock=clock.micros, monotonic=clock.monotonic)
     applier.control = NoRecords(clock)
     with pytest.raises(ConfigError, match="no delay known"):

@@ -43,3 +43,13 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import applier.applier\nfrom producer.capture import Capture\nfrom . import x\n")
     assert imported_packages(module) == {"applier", "producer"}
+
+
+CLI_MAX_LINES = 250  # the CLI parses, calls the library and renders: more means library logic crept in
+
+
+def test_no_cli_module_holds_library_logic_by_size() -> None:
+    assert len(modules("funnel/cli")) > 10  # the rule must not pass vacuously
+    too_long = {str(p.relative_to(ROOT)): n for p in modules("funnel/cli")
+                if (n := len(p.read_text().splitlines())) > CLI_MAX_LINES}
+    assert too_long == {}, f"CLI modules over {CLI_MAX_LINES} lines (move the logic into the library): {too_long}"

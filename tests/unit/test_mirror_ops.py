@@ -6,8 +6,12 @@ import pytest
 
 from applier.applier import Command
 from applier.pointintime import Plan
-from funnel.cli.mirror_ops import Progress, raise_if_gone
+from dataclasses import replace
+
+from applier.mirror_ops import raise_if_gone
+from funnel.cli.mirror_ops import Progress
 from funnel.errors import TimeFunnelError
+from funnel.records import MirrorStatus
 
 
 def progress() -> Progress:
@@ -31,10 +35,12 @@ def test_the_done_line_says_done_and_claims_no_remaining_work() -> None:
 def test_the_cli_tells_a_stalled_applier_from_a_busy_one() -> None:
     now = 1_800_000_000_000_000
     command = Command("c1", "promote")
-    busy = {"state": "running", "updated_at": now - 500_000,
-            "command": {"id": "c1", "state": "running", "phase": "undoing"}}
+    busy = MirrorStatus("m1", "shop", "running", 0, updated_at=now - 500_000,
+                        command={"id": "c1", "state": "running", "phase": "undoing"})
     raise_if_gone("m1", command, busy, now)  # reported half a second ago: busy, keep waiting
     with pytest.raises(TimeFunnelError, match="has not reported for 60s while undoing: it is stalled or gone"):
-        raise_if_gone("m1", command, {**busy, "updated_at": now - 60_000_000}, now)
+        raise_if_gone("m1", command, replace(busy, updated_at=now - 60_000_000), now)
     with pytest.raises(TimeFunnelError, match="stopped before the promote finished"):
-        raise_if_gone("m1", command, {**busy, "state": "stopped"}, now)
+        raise_if_gone("m1", command, replace(busy, state="stopped"), now)
+    with pytest.raises(TimeFunnelError, match="has not reported for infs"):
+        raise_if_gone("m1", command, None, now)

@@ -1,9 +1,10 @@
-"""What `funnel status` says about a mirror whose applier is not running (funnel.cli.status.mirror_position)."""
+"""What `funnel status` says about a mirror whose applier is not running (applier.status_report.mirror_position)."""
 from __future__ import annotations
 
-from funnel.cli.status import mirror_position
+from applier.status_report import mirror_position
 from funnel.events import Kind
 from funnel.reader import TransactionSummary
+from funnel.records import MirrorStatus
 
 NOW = 1_800_000_000_000_000
 STALE = NOW - 60_000_000  # a minute ago: the process is gone
@@ -27,8 +28,9 @@ class Reader:
                 yield TransactionSummary("snap" if kind is not Kind.CHANGES else f"t{i}", NOW, kind, offset, offset)
 
 
-def status(state: str, next_offset: int, updated_at: int = STALE, **extra) -> dict:
-    return {"state": state, "next_offset": next_offset, "updated_at": updated_at, **extra}
+def status(state: str, next_offset: int, updated_at: int = STALE, **extra) -> MirrorStatus:
+    return MirrorStatus.from_json({"mirror": "m1", "funnel": "shop", "state": state, "next_offset": next_offset,
+                                   "updated_at": updated_at, **extra})
 
 
 def test_a_promoted_mirror_shows_as_promoted_and_never_as_expired() -> None:

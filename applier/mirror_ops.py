@@ -1,0 +1,170 @@
+"""Seek, resume and promote of one mirror, running or stopped: find it, run the command, report progress.
+
+A running applier (``MirrorStatus.running``) gets the command through the control
+topic and the caller waits for it; a stopped one is driven in-process against its
+sink URL. Never both: two writers would race for the position.  Rendering the progress
+is the caller's (the CLI's ``Progress``); this module reports the applier's command
+record (``Command.as_dict``) to a callback.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from applier.applier import Applier, ApplierOptions, Command
+from applier.pointintime import PointInTimeError, Plan, Target, make_plan
+from applier.sinks import open_sink
+from applier.transaction import MirrorPosition
+from funnel.clock import now_us
+from funnel.control import ControlChannel, ControlState
+from funnel.errors import TimeFunnelError
+from funnel.kafka import KafkaSettings
+from funnel.reader import FunnelReader
+from funnel.records import CommandRecord, MirrorStatus
+from funnel.topic import FunnelAdmin
+from funnel.urls import without_password
+
+WAIT_TIMEOUT_S = 3600.0
+Report = Callable[[dict[str, Any]], None]  # called with the command's progress record
+
+
+@dataclass
+class MirrorHandle:
+    """Where a mirror is: a running applier (status record) or a sink we open ourselves."""
+
+    kafka: KafkaSettings
+    funnel: str
+    mirror: str
+    control: ControlState
+    sink_url: str | None
+
+    @property
+    def status(self) -> MirrorStatus | None:
+        return self.control.status(self.mirror)
+
+    @property
+    def running(self) -> bool:
+        status = self.status
+        return status is not None and status.running(now_us())
+
+    def position(self) -> MirrorPosition:
+        """The mirror's position: from the sink when given, else from the running applier's status.
+
+        Raises TimeFunnelError for a mirror the sink or the control topic does not know.
+        """
+        if self.sink_url and not self.running:
+            sink = open_sink(self.sink_url)
+            try:
+                stored = sink.read_position(self.funnel, self.mirror)
+            finally:
+                sink.close()
+            if stored is None:
+                raise TimeFunnelError(f"mirror {self.mirror!r} does not exist in {without_password(self.sink_url)} "
+                                      f"for funnel {self.funnel!r}", hint="check --mirror and --sink")
+            return stored
+        status = self.status
+        if not status:
+            raise TimeFunnelError(f"unknown mirror {self.mirror!r} on funnel {self.funnel!r}",
+                                  hint="check the mirror id (funnel status), or pass --sink URL")
+        return MirrorPosition(self.funnel, self.mirror, self.funnel, 0, status.next_offset, status.last_txid,
+                              status.last_commit_ts, status.valid_as_of, status.snapshot_done,
+                              status.hold_until, status.promoted_at, status.promote_target,
+                              tuple(status.excluded_txids))
+
+
+def find_mirror(kafka: KafkaSettings, funnel: str, mirror: str, sink_url: str | None,
+                check_sink: Callable[[str, str], None] = lambda url, funnel: None) -> MirrorHandle:
+    """The mirror, running or reachable through ``sink_url``.
+
+    ``check_sink(url, funnel)`` runs before a stopped mirror's sink is opened for writing
+    (the CLI refuses a capture's source database there). Raises TimeFunnelError for an
+    unknown mirror, or a stopped one without ``sink_url``; FunnelError for an unknown funnel.
+    """
+    FunnelAdmin(kafka).describe(funnel)
+    handle = MirrorHandle(kafka, funnel, mirror, ControlChannel(kafka, funnel).state(), sink_url)
+    if sink_url and not handle.running:
+        check_sink(sink_url, funnel)  # the caller is about to open the sink and write to it
+    if not handle.running and not sink_url:
+        if handle.status is None:
+            raise TimeFunnelError(f"unknown mirror {mirror!r} on funnel {funnel!r}",
+                                  hint="check the mirror id (funnel status), or pass --sink URL of a stopped mirror")
+        raise TimeFunnelError(f"mirror {mirror!r} is not running",
+                              hint="pass --sink URL so that this command applies to the mirror itself")
+    return handle
+
+
+def plan_for(handle: MirrorHandle, target: Target) -> Plan:
+    with FunnelReader(handle.kafka, handle.funnel) as reader:
+        return make_plan(reader, handle.position(), target)
+
+
+def new_command(kind: str, to: int | None = None, excluded: tuple[str, ...] = ()) -> Command:
+    return Command(uuid.uuid4().hex[:12], kind, to, excluded)
+
+
+def run_command(handle: MirrorHandle, command: Command, plan: Plan, report: Report = lambda _: None) -> dict[str, Any]:
+    """Carry out ``command`` and return the applier's final status (as JSON).
+
+    ``report`` gets the command's progress record each time it is read. Raises
+    PointInTimeError when the command failed, TimeFunnelError when the running applier
+    stopped or stalled before it finished.
+    """
+    if handle.running:
+        return _through_control(handle, command, report)
+    return _in_process(handle, command, plan, report)
+
+
+def _through_control(handle: MirrorHandle, command: Command, report: Report) -> dict[str, Any]:
+    channel = ControlChannel(handle.kafka, handle.funnel)
+    channel.write_command(handle.mirror, CommandRecord(command.id, command.kind, command.to, command.excluded))
+    channel.close()
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = ControlChannel(handle.kafka, handle.funnel).state().status(handle.mirror)
+        reported = (status.command if status else None) or {}
+        if reported.get("id") == command.id:
+            report(reported)
+            if reported["state"] == "failed":
+                raise PointInTimeError(reported.get("error") or f"{command.kind} failed")
+            if reported["state"] == "done":
+                return status.to_json()
+        raise_if_gone(handle.mirror, command, status, now_us())
+        time.sleep(0.5)
+    raise TimeFunnelError(f"{command.kind} of mirror {handle.mirror!r} did not finish in {WAIT_TIMEOUT_S:.0f}s")
+
+
+def raise_if_gone(mirror: str, command: Command, status: MirrorStatus | None, now: int) -> None:
+    """Tell a stopped or stalled applier from a busy one: a busy one goes on publishing its status
+    (every second, also from inside long undos and drains), a stalled one does not."""
+    if status is not None and status.state == "stopped":
+        raise TimeFunnelError(f"the applier of mirror {mirror!r} stopped before the {command.kind} finished",
+                              hint="rerun the command with --sink URL")
+    if status is not None and status.fresh(now):
+        return
+    reported = (status.command if status else None) or {}
+    doing = f" while {reported['phase']}" if reported.get("id") == command.id and reported.get("phase") else ""
+    age = status.age_s(now) if status else float("inf")
+    raise TimeFunnelError(f"the applier of mirror {mirror!r} has not reported for {age:.0f}s{doing}: it is "
+                          f"stalled or gone, not busy (a busy applier reports every second)",
+                          hint="check its process; once it is stopped, rerun the command with --sink URL "
+                               "(that takes the mirror over and fences the old applier)")
+
+
+def _in_process(handle: MirrorHandle, command: Command, plan: Plan, report: Report) -> dict[str, Any]:
+    delay = handle.control.delay(handle.mirror)
+    applier = Applier(handle.kafka, open_sink(handle.sink_url),
+                      ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0,
+                                     announce_delay=False))
+    applier.sink_url = without_password(handle.sink_url)
+    applier.start()
+    try:
+        applier.execute(command, plan)
+    except BaseException:
+        applier.close()
+        raise
+    applier.run(until=lambda a: report(a.command.as_dict(a.stats)) or a.command_done())
+    if command.state == "failed":
+        raise PointInTimeError(command.error or f"{command.kind} failed")
+    return applier.status()
