@@ -151,3 +151,24 @@ def test_inspect_prints_the_readmes_example(bootstrap, funnel_name):
     assert found.returncode == 0, found.stderr
     lines = found.stdout.splitlines()
     assert len(lines) == 1 and "txid shop-2 " in lines[0] and lines[0].endswith("120 rows: orders delete 120")
+
+
+def test_a_wrong_sink_is_refused_and_left_as_it_was(bootstrap, funnel_name, tmp_path):
+    # a careless --sink: a file that does not exist, or production instead of the mirror
+    missing, production = tmp_path / "missing.db", tmp_path / "prod.db"
+    conn = sqlite3.connect(production)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    commands = []
+    for sink in (missing, production):
+        for command in (("seek", "m1", "--to", "-1m"), ("promote", "m1"), ("resume", "m1"),
+                        ("inspect", "--mirror", "m1", "--since", "-1h")):
+            commands.append((*command, "--funnel", funnel_name, "--sink", f"sqlite://{sink}"))
+    for result, _ in run_parallel(bootstrap, *commands):
+        assert "Error: mirror 'm1' does not exist in sqlite://" in expect_one_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.db"], "no mirror file made, no -wal left"
+    conn = sqlite3.connect(production)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("orders",)], "no state table added"
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",), "not switched to WAL"
+    conn.close()
