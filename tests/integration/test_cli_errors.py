@@ -123,11 +123,15 @@ def test_mirror_ids_are_checked_alike_by_every_command(bootstrap, funnel_name, t
 
 def test_refused_apply_and_overflowing_delays_leave_nothing_behind(bootstrap, funnel_name, tmp_path):
     mirror = tmp_path / "mirror.db"
-    no_delay, huge_apply, huge_delay = run_parallel(
+    no_delay, huge_apply, huge_delay, no_metrics = run_parallel(
         bootstrap, ("apply", f"sqlite://{mirror}", "--funnel", funnel_name, "--mirror", "m1"),
         ("apply", f"sqlite://{tmp_path / 'other.db'}", "--funnel", funnel_name, "--mirror", "m2", "--delay", HUGE),
-        ("delay", "m1", f"{HUGE}s", "--funnel", funnel_name))
+        ("delay", "m1", f"{HUGE}s", "--funnel", funnel_name),
+        # an address this machine does not have (TEST-NET-1): the metrics cannot be served
+        ("apply", f"sqlite://{tmp_path / 'third.db'}", "--funnel", funnel_name, "--mirror", "m3", "--delay", "1m",
+         "--metrics-port", "0", "--metrics-addr", "192.0.2.1"))
     assert "no delay known for mirror 'm1'" in expect_one_error(no_delay[0])
+    assert "cannot serve metrics on 192.0.2.1" in expect_one_error(no_metrics[0])
     assert "too long" in expect_one_error(huge_apply[0]) and "too long" in expect_one_error(huge_delay[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
