@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka.admin import AdminClient
 
+from funnel.control import ControlChannel
+from funnel.kafka import KafkaSettings
 from producer.library import Publisher
 from tests.support.processes import run_funnel
 
@@ -176,3 +178,27 @@ def test_a_wrong_sink_is_refused_and_left_as_it_was(bootstrap, funnel_name, tmp_
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("orders",)], "no state table added"
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",), "not switched to WAL"
     conn.close()
+
+
+def test_switchback_of_a_mirror_with_a_keyless_table_is_refused_before_anything_changes(
+        bootstrap, funnel_name, tmp_path):
+    mirror, production = tmp_path / "mirror.db", tmp_path / "prod.db"
+    with Publisher(funnel_name, bootstrap=bootstrap, source="shop") as pub:
+        with pub.transaction() as tx:
+            tx.insert("orders", {"id": 1}, {"id": 1, "total": 1.5})
+    applied = run_funnel(bootstrap, "apply", f"sqlite://{mirror}", "--funnel", funnel_name, "--mirror", "m1",
+                         "--delay", "0s", "--until-caught-up")
+    assert applied.returncode == 0, applied.stderr
+    promoted = run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name, "--sink", f"sqlite://{mirror}")
+    assert promoted.returncode == 0, promoted.stderr
+    conn = sqlite3.connect(mirror)  # the application, now on the mirror, made a table without a key
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    line = expect_one_error(run_funnel(bootstrap, "switchback", "prepare", "--funnel", funnel_name,
+                                       "--mirror", "m1", "--to", f"sqlite://{production}"))
+    assert "cannot be captured for the switchback" in line and '"notes"' in line, line
+    assert not production.exists(), "production was not reset"
+    assert topics_named(bootstrap, f"{funnel_name}.switchback") == [], "no reverse funnel"
+    records = ControlChannel(KafkaSettings(bootstrap), funnel_name).read_all()
+    assert "switchback/m1" not in records, "no switchback recorded"
