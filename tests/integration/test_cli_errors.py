@@ -202,3 +202,10 @@ def test_switchback_of_a_mirror_with_a_keyless_table_is_refused_before_anything_
     assert topics_named(bootstrap, f"{funnel_name}.switchback") == [], "no reverse funnel"
     records = ControlChannel(KafkaSettings(bootstrap), funnel_name).read_all()
     assert "switchback/m1" not in records, "no switchback recorded"
+
+
+def test_the_demo_in_a_directory_it_cannot_make_is_one_error_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = expect_one_error(run_funnel("127.0.0.1:1", "demo", "--workdir", str(blocker / "demo")))
+    assert "cannot make the demo's directory" in line and "Not a directory" in line, line
