@@ -204,8 +204,15 @@ def test_switchback_of_a_mirror_with_a_keyless_table_is_refused_before_anything_
     assert "switchback/m1" not in records, "no switchback recorded"
 
 
-def test_the_demo_in_a_directory_it_cannot_make_is_one_error_line(tmp_path):
+def test_directories_that_cannot_be_made_are_one_error_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    line = expect_one_error(run_funnel("127.0.0.1:1", "demo", "--workdir", str(blocker / "demo")))
+    demo, start, stop = (result for result, _ in run_parallel(
+        "127.0.0.1:1", ("demo", "--workdir", str(blocker / "demo")),
+        ("broker", "start", "--state-dir", str(blocker / "broker")),
+        ("broker", "stop", "--state-dir", str(blocker / "broker"))))
+    line = expect_one_error(demo)
     assert "cannot make the demo's directory" in line and "Not a directory" in line, line
+    for result in (start, stop):
+        line = expect_one_error(result)
+        assert "cannot use the broker's state directory" in line and "Not a directory" in line, line
