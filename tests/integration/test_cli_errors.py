@@ -7,6 +7,7 @@ parallel threads so that the whole file stays cheap on a loaded machine.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
