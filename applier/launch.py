@@ -6,6 +6,7 @@ opening the sink just created.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from applier.applier import Applier, ApplierOptions
@@ -27,8 +28,12 @@ def check_options(kafka: KafkaSettings, options: ApplierOptions) -> None:
 
 
 def start_applier(kafka: KafkaSettings, sink_url: str, options: ApplierOptions,
-                  create_tables: bool = False) -> Applier:
-    """An applier of the mirror at ``sink_url``, started (``Applier.start``; its errors pass through)."""
+                  create_tables: bool = False, after_start: Callable[[Applier], object] | None = None) -> Applier:
+    """An applier of the mirror at ``sink_url``, started (``Applier.start``; its errors pass through).
+
+    ``after_start(applier)`` (serving its metrics, say) belongs to the start: if it
+    raises, the start is refused like any other.
+    """
     new_file = _new_sqlite_file(sink_url)
     sink = open_sink(sink_url, create_tables=create_tables,
                      table_definitions=lambda: ControlChannel(kafka, options.funnel).table_definitions())
@@ -36,9 +41,11 @@ def start_applier(kafka: KafkaSettings, sink_url: str, options: ApplierOptions,
     applier.sink_url = without_password(sink_url)
     try:
         applier.start()
+        if after_start is not None:
+            after_start(applier)
     except BaseException:
-        # A refused start (no delay known, events expired) must not leave behind the
-        # mirror file that opening the sink just created.
+        # A refused start (no delay known, events expired, a metrics address that cannot
+        # be served) must not leave behind the mirror file that opening the sink just created.
         sink.close()
         if new_file:
             _remove_sqlite_file(new_file)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from applier.applier import Applier, ApplierOptions, Command
 from applier.pointintime import PointInTimeError, Plan, Target, make_plan
-from applier.sinks import open_sink
+from applier.sinks import has_mirror_state, open_sink
 from applier.transaction import MirrorPosition
 from funnel.clock import now_us
 from funnel.control import ControlChannel, ControlState
@@ -55,11 +55,13 @@ class MirrorHandle:
         Raises TimeFunnelError for a mirror the sink or the control topic does not know.
         """
         if self.sink_url and not self.running:
-            sink = open_sink(self.sink_url)
-            try:
-                stored = sink.read_position(self.funnel, self.mirror)
-            finally:
-                sink.close()
+            stored = None
+            if has_mirror_state(self.sink_url):  # else opening it would make a mirror database of it
+                sink = open_sink(self.sink_url)
+                try:
+                    stored = sink.read_position(self.funnel, self.mirror)
+                finally:
+                    sink.close()
             if stored is None:
                 raise TimeFunnelError(f"mirror {self.mirror!r} does not exist in {without_password(self.sink_url)} "
                                       f"for funnel {self.funnel!r}", hint="check --mirror and --sink")

@@ -143,7 +143,8 @@ def check_reachable(kafka: KafkaSettings) -> None:
         # A TLS or SASL mismatch comes as a transport error; its text says which it is.
         security = reason.code() in _SECURITY or re.search(r"\b(SSL|SASL)\b", text)
         raise BrokerUnreachableError(
-            f"cannot reach the Kafka broker at {kafka.bootstrap} within {kafka.connect_timeout_s:g}s: {text}",
+            f"cannot reach the Kafka broker at {kafka.client()['bootstrap.servers']} "  # -X may override it
+            f"within {kafka.connect_timeout_s:g}s: {text}",
             hint=f"{SECURITY_HINT}, and that --bootstrap names the matching listener" if security
             else UNREACHABLE_HINT) from exc
 

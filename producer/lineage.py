@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from funnel.control import SOURCE_PREFIX
+from funnel.control import SOURCE_PREFIX, source_key
+from funnel.errors import SourceError
 from funnel.identity import database_identity, same_identity
+from funnel.urls import without_password
 
 
 def continued_source(records: dict[str, dict[str, Any]], url: str,
@@ -30,3 +32,25 @@ def continued_source(records: dict[str, dict[str, Any]], url: str,
     if not mine:
         return None
     return max(mine, key=lambda value: value.get("published_at", 0))["source"]
+
+
+def refuse_other_database(records: dict[str, dict[str, Any]], url: str, name: str,
+                          identity_of: Callable[[str], str | None] = database_identity) -> None:
+    """Refuses to capture the database at ``url`` as source ``name`` when a switchback
+    recorded that source for another database.
+
+    After a switchback onto a new file or database the old production may still exist,
+    its capture triggers and changelog intact; capturing it under the recorded name (the
+    same command as before the disaster) would publish the old timeline's changes into
+    the mirror after the new production's copy.  Raises SourceError then.
+    """
+    record = records.get(source_key(name))
+    if not record or not record.get("identity"):
+        return
+    if same_identity(identity_of(url), record["identity"]):
+        return
+    recorded = record.get("url") or "the database switchback complete made production"
+    raise SourceError(
+        f"source {name!r} continues in {recorded} since the switchback (cycle {record.get('cycle', '?')}), "
+        f"not in {without_password(url)}: capturing this database would publish another timeline into the mirror",
+        hint=f"capture {recorded}; if this database is it, copied or moved since, pass --source-name {name}")

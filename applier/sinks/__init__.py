@@ -36,3 +36,42 @@ def open_sink(url: str, create_tables: bool = False,
         f"unsupported mirror URL scheme {scheme or '(none)'!r} in {url!r}",
         hint="Use sqlite:///path/to/mirror.db or postgresql://user@host:port/database",
     )
+
+
+def has_mirror_state(url: str) -> bool:
+    """Whether the database at ``url`` already holds timefunnel's state table, found out
+    without creating or changing anything.
+
+    Opening a sink prepares its database for applying (creates the file and the state
+    table, switches SQLite to WAL): commands that only act on an existing mirror (seek,
+    promote, resume, inspect with --sink) ask this first, so that a wrong --sink leaves no
+    file and no table behind.  True when it cannot be told: opening the sink then says why.
+    """
+    from applier.sinks.state import STATE_TABLE
+
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        import pathlib
+        import sqlite3
+
+        path = pathlib.Path(sqlite_path(url))
+        if not path.is_file():
+            return False
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (STATE_TABLE,)).fetchone() is not None
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return True
+    if scheme in ("postgresql", "postgres"):
+        import psycopg
+
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="timefunnel") as conn:
+                return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (STATE_TABLE,)).fetchone()[0]
+        except psycopg.Error:
+            return True
+    return True

@@ -41,6 +41,11 @@ class CapturePort(Protocol):
 
     def default_source_name(self, url: str) -> str: ...
 
+    def check(self, url: str, funnel: str, tables: list[str]) -> None:
+        """Raise if the database at ``url`` cannot be captured into ``funnel`` (a table
+        without a key, missing privileges); creates nothing."""
+        ...
+
 
 class ReversePipeline:
     """One capture and one applier, stepped in turn."""

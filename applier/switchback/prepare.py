@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -18,10 +19,11 @@ from applier.switchback.context import SwitchbackContext, names_same_database
 from applier.switchback.databases import Database
 from applier.switchback.reverse import open_pipeline, progress_line
 from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, SwitchbackState, advance, new_state,
-                                      note, prepare_decision)
+                                      note, prepare_decision, reverse_funnel_name)
 from applier.switchback.store import RecordWatcher
 from applier.transaction import MirrorPosition
 from funnel.control import ControlState
+from funnel.errors import SourceError
 from funnel.kafka import data_topic
 from funnel.timeparse import format_duration
 from funnel.topic import FunnelSpec
@@ -53,7 +55,9 @@ def prepare(ctx: SwitchbackContext, to_url: str, from_url: str | None = None, so
     production_db.check(must_exist=False)
     if decision == "new":
         _refuse_running_capture(ctx, records)
-        state = new_state(ctx.funnel, ctx.mirror, uuid.uuid4().hex[:8], without_password(mirror_url),
+        cycle = uuid.uuid4().hex[:8]
+        _check_capturable(ctx, mirror_url, reverse_funnel_name(ctx.funnel, cycle), mirror_db.tables())
+        state = new_state(ctx.funnel, ctx.mirror, cycle, without_password(mirror_url),
                           without_password(to_url), source_name or _forward_source(ctx, records, to_url),
                           tuple(sorted(mirror_db.tables())), ctx.clock())
         state = ctx.store.save(state, previous)
@@ -66,6 +70,19 @@ def prepare(ctx: SwitchbackContext, to_url: str, from_url: str | None = None, so
     state = _ensure_reverse_funnel(ctx, state, info.retention_s)
     state = _reset_production(ctx, state, mirror_db, production_db, to_url)
     return _follow(ctx, state, mirror_url, to_url, stop)
+
+
+def _check_capturable(ctx: SwitchbackContext, mirror_url: str, reverse_funnel: str, tables: Iterable[str]) -> None:
+    """The reverse capture must be able to follow every table of the mirror: found out
+    before production is reset, not after."""
+    try:
+        ctx.port.check(mirror_url, reverse_funnel, sorted(tables))
+    except SourceError as exc:
+        raise SwitchbackError(
+            f"the mirror cannot be captured for the switchback: {exc}",
+            hint="a switchback captures every table of the mirror, so each needs a primary key "
+                 "(keyless tables such as pgbench_history are not supported yet): add one on the "
+                 "mirror, then rerun prepare; nothing was changed") from exc
 
 
 def _mirror_url(ctx: SwitchbackContext, records: dict[str, dict]) -> str:

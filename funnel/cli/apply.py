@@ -39,15 +39,21 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     check_options(kafka, options)
     refuse_capture_source(sink_url, funnel_name)  # before the sink creates its file or state table
     stop = stop_on_signals()
-    applier = start_applier(kafka, sink_url, options, create_tables)
+    endpoints = []
+
+    def serve_metrics(started) -> None:  # part of the start: an address that cannot be served refuses it
+        from applier.metrics import serve
+
+        endpoints.append(serve(started, metrics_port, metrics_addr))
+
+    applier = start_applier(kafka, sink_url, options, create_tables,
+                            after_start=serve_metrics if metrics_port is not None else None)
     click.echo(f"mirror {mirror!r}: applying funnel {funnel_name!r} to {sink_url} from offset "
                f"{applier.position.next_offset}, delay {format_duration(applier.delay_us / 1e6)}", err=True)
-    if metrics_port is None:
+    if not endpoints:
         applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)
         return
-    from applier.metrics import serve
-
-    endpoint = serve(applier, metrics_port, metrics_addr)
+    endpoint = endpoints[0]
     click.echo(f"metrics on {endpoint.url}", err=True)
     try:
         applier.run(stop, until=(lambda a: a.caught_up()) if until_caught_up else None)

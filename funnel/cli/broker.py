@@ -1,17 +1,31 @@
 """``funnel broker start|stop|status``: the local Apache Kafka for the demo and tests."""
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from funnel.broker import LocalBroker
+from funnel.errors import BrokerError
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where the broker keeps data and logs (default: $FUNNEL_STATE_DIR/broker or "
          "~/.local/state/timefunnel/broker).")
+
+
+@contextlib.contextmanager
+def _state_dir_errors(local: LocalBroker) -> Iterator[None]:
+    """A state directory that cannot be made or written is one error line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or local.state_dir
+        raise BrokerError(f"cannot use the broker's state directory {local.state_dir}: {where}: {exc.strerror}",
+                          hint="pass --state-dir DIR (or set FUNNEL_STATE_DIR), a directory you can write to") from exc
 
 
 @click.group()
@@ -26,7 +40,8 @@ def broker() -> None:
 def start(state_dir: Path | None, port: int | None) -> None:
     """Start the broker (once) and print its bootstrap address."""
     local = LocalBroker(state_dir, port=port)
-    info, started = local.start()
+    with _state_dir_errors(local):
+        info, started = local.start()
     verb = "started" if started else "already running"
     click.echo(f"Apache Kafka {info.version} {verb} (pid {info.pid}), bootstrap {info.bootstrap}",
                err=True)
@@ -37,7 +52,9 @@ def start(state_dir: Path | None, port: int | None) -> None:
 @state_dir_option
 def stop(state_dir: Path | None) -> None:
     """Stop the broker cleanly; says so when none runs."""
-    info = LocalBroker(state_dir).stop()
+    local = LocalBroker(state_dir)
+    with _state_dir_errors(local):
+        info = local.stop()
     if info:
         click.echo(f"stopped Apache Kafka {info.version} (pid {info.pid}) at {info.bootstrap}")
     else:

@@ -43,7 +43,7 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     """Capture the production database at SOURCE_URL (sqlite:///path, postgresql://...) into the funnel."""
     from funnel.control import ControlChannel
     from producer.capture import Capture, CaptureOptions
-    from producer.lineage import continued_source
+    from producer.lineage import continued_source, refuse_other_database
     from producer.publisher import TIMEOUT_S, EventPublisher
     from producer.sources import open_source, source_name_for
 
@@ -51,7 +51,10 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     kafka = kafka_settings(bootstrap, settings)
     FunnelAdmin(kafka).describe(funnel_name)
     control = ControlChannel(kafka, funnel_name)
-    continued = None if source_name else continued_source(control.read_all(), source_url)
+    records = control.read_all()
+    continued = None if source_name else continued_source(records, source_url)
+    if not source_name and not continued:
+        refuse_other_database(records, source_url, source_name_for(source_url))
     source = open_source(source_url, list(tables) or None, rowid_key, funnel=funnel_name, slot=slot,
                          publication=publication, replica_identity_full=replica_identity_full)
     name = source_name or continued or source_name_for(source_url)

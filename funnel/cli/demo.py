@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from funnel.broker import LocalBroker
+from funnel.errors import ConfigError
 
 DELAY_S = 8.0
 
@@ -97,7 +98,11 @@ def demo(workdir: Path, keep_broker: bool) -> None:
     from producer.publisher import EventPublisher
     from producer.sources import open_source
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the demo's directory {workdir}: {exc.strerror}",
+                          hint="pass --workdir DIR, a directory you can write to") from exc
     broker = LocalBroker(workdir / "broker")
     info, _ = broker.start()
     say(f"1. A local Apache Kafka {info.version} runs at {info.bootstrap} (KRaft, jars from Maven Central).")

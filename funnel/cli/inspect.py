@@ -17,6 +17,7 @@ from funnel.events import Kind, Op
 from funnel.reader import FunnelReader, TransactionSummary
 from funnel.timeparse import format_time
 from funnel.topic import FunnelAdmin
+from funnel.urls import without_password
 
 OPS = [op.value for op in Op]
 
@@ -74,15 +75,18 @@ def inspect(funnel_name: str, since_text: str | None, until_text: str | None, ta
 
 def _mirror_next_offset(kafka, funnel: str, mirror: str, sink_url: str | None) -> int:
     if sink_url:
-        from applier.sinks import open_sink
+        from applier.sinks import has_mirror_state, open_sink
 
-        sink = open_sink(sink_url)
-        try:
-            position = sink.read_position(funnel, mirror)
-        finally:
-            sink.close()
+        position = None
+        if has_mirror_state(sink_url):  # else opening it would make a mirror database of it
+            sink = open_sink(sink_url)
+            try:
+                position = sink.read_position(funnel, mirror)
+            finally:
+                sink.close()
         if position is None:
-            raise TimeFunnelError(f"mirror {mirror!r} does not exist in {sink_url} for funnel {funnel!r}")
+            raise TimeFunnelError(f"mirror {mirror!r} does not exist in {without_password(sink_url)} for funnel "
+                                  f"{funnel!r}", hint="check --mirror and --sink")
         return position.next_offset
     status = ControlChannel(kafka, funnel).state().status(mirror)
     if status is None:

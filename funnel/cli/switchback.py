@@ -43,6 +43,11 @@ class ProducerPort:
 
         return uninstall_capture(url, funnel)
 
+    def check(self, url: str, funnel: str, tables: list[str]) -> None:
+        from producer.sources import open_source
+
+        open_source(url, tables or None, funnel=funnel).close()  # its checks create nothing
+
     def default_source_name(self, url: str) -> str:
         from producer.sources import source_name_for
 

@@ -385,9 +385,14 @@ def _table_info(row: tuple, columns: list[ColumnInfo], keys: dict[tuple[int, str
         raise SourceError(f"{where} is {'unlogged' if persistence == 'u' else 'temporary'}: "
                           "its changes are not in the WAL", hint="ALTER TABLE ... SET LOGGED, or do not capture it")
     table = TableInfo(oid, schema, name, tuple(columns), (), identity, owned, selectable and schema_usage)
+    identity_index = keys.get((oid, "ri"))
     if replica_identity_full:
+        # install() sets FULL, which drops the USING INDEX identity: choose the key the
+        # table has after it, so the published definition, the initial copy, the stream
+        # and a restarted capture all agree.
         table = replace(table, identity="f")
-    key = _choose_key(table, keys.get((oid, "pk")), keys.get((oid, "ri")))
+        identity_index = None
+    key = _choose_key(table, keys.get((oid, "pk")), identity_index)
     missing = [column for column in key if column not in table.column_names]
     if missing:
         raise SourceError(f"{where}: key column {missing[0]!r} is a generated column, which logical "

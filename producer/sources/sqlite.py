@@ -412,7 +412,7 @@ class SqliteSource:
         if not self._rowid_key:
             raise SourceError(
                 f'table "{table}" in {self.path} has no PRIMARY KEY',
-                hint="declare one, or pass rowid_key=True to key it by rowid "
+                hint="declare one, or key it by rowid with `funnel capture --rowid-key` (library: rowid_key=True) "
                 "(only if nothing VACUUMs the database: VACUUM may renumber rowids)",
             )
         if any(c.lower() in ("rowid", "oid", "_rowid_") for c in columns):

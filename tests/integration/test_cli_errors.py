@@ -7,12 +7,15 @@ parallel threads so that the whole file stays cheap on a loaded machine.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from confluent_kafka.admin import AdminClient
 
+from funnel.control import ControlChannel
+from funnel.kafka import KafkaSettings
 from producer.library import Publisher
 from tests.support.processes import run_funnel
 
@@ -123,11 +126,15 @@ def test_mirror_ids_are_checked_alike_by_every_command(bootstrap, funnel_name, t
 
 def test_refused_apply_and_overflowing_delays_leave_nothing_behind(bootstrap, funnel_name, tmp_path):
     mirror = tmp_path / "mirror.db"
-    no_delay, huge_apply, huge_delay = run_parallel(
+    no_delay, huge_apply, huge_delay, no_metrics = run_parallel(
         bootstrap, ("apply", f"sqlite://{mirror}", "--funnel", funnel_name, "--mirror", "m1"),
         ("apply", f"sqlite://{tmp_path / 'other.db'}", "--funnel", funnel_name, "--mirror", "m2", "--delay", HUGE),
-        ("delay", "m1", f"{HUGE}s", "--funnel", funnel_name))
+        ("delay", "m1", f"{HUGE}s", "--funnel", funnel_name),
+        # an address this machine does not have (TEST-NET-1): the metrics cannot be served
+        ("apply", f"sqlite://{tmp_path / 'third.db'}", "--funnel", funnel_name, "--mirror", "m3", "--delay", "1m",
+         "--metrics-port", "0", "--metrics-addr", "192.0.2.1"))
     assert "no delay known for mirror 'm1'" in expect_one_error(no_delay[0])
+    assert "cannot serve metrics on 192.0.2.1" in expect_one_error(no_metrics[0])
     assert "too long" in expect_one_error(huge_apply[0]) and "too long" in expect_one_error(huge_delay[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -151,3 +158,62 @@ def test_inspect_prints_the_readmes_example(bootstrap, funnel_name):
     assert found.returncode == 0, found.stderr
     lines = found.stdout.splitlines()
     assert len(lines) == 1 and "txid shop-2 " in lines[0] and lines[0].endswith("120 rows: orders delete 120")
+
+
+def test_a_wrong_sink_is_refused_and_left_as_it_was(bootstrap, funnel_name, tmp_path):
+    # a careless --sink: a file that does not exist, or production instead of the mirror
+    missing, production = tmp_path / "missing.db", tmp_path / "prod.db"
+    conn = sqlite3.connect(production)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    commands = []
+    for sink in (missing, production):
+        for command in (("seek", "m1", "--to", "-1m"), ("promote", "m1"), ("resume", "m1"),
+                        ("inspect", "--mirror", "m1", "--since", "-1h")):
+            commands.append((*command, "--funnel", funnel_name, "--sink", f"sqlite://{sink}"))
+    for result, _ in run_parallel(bootstrap, *commands):
+        assert "Error: mirror 'm1' does not exist in sqlite://" in expect_one_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prod.db"], "no mirror file made, no -wal left"
+    conn = sqlite3.connect(production)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("orders",)], "no state table added"
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",), "not switched to WAL"
+    conn.close()
+
+
+def test_switchback_of_a_mirror_with_a_keyless_table_is_refused_before_anything_changes(
+        bootstrap, funnel_name, tmp_path):
+    mirror, production = tmp_path / "mirror.db", tmp_path / "prod.db"
+    with Publisher(funnel_name, bootstrap=bootstrap, source="shop") as pub:
+        with pub.transaction() as tx:
+            tx.insert("orders", {"id": 1}, {"id": 1, "total": 1.5})
+    applied = run_funnel(bootstrap, "apply", f"sqlite://{mirror}", "--funnel", funnel_name, "--mirror", "m1",
+                         "--delay", "0s", "--until-caught-up")
+    assert applied.returncode == 0, applied.stderr
+    promoted = run_funnel(bootstrap, "promote", "m1", "--funnel", funnel_name, "--sink", f"sqlite://{mirror}")
+    assert promoted.returncode == 0, promoted.stderr
+    conn = sqlite3.connect(mirror)  # the application, now on the mirror, made a table without a key
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    line = expect_one_error(run_funnel(bootstrap, "switchback", "prepare", "--funnel", funnel_name,
+                                       "--mirror", "m1", "--to", f"sqlite://{production}"))
+    assert "cannot be captured for the switchback" in line and '"notes"' in line, line
+    assert not production.exists(), "production was not reset"
+    assert topics_named(bootstrap, f"{funnel_name}.switchback") == [], "no reverse funnel"
+    records = ControlChannel(KafkaSettings(bootstrap), funnel_name).read_all()
+    assert "switchback/m1" not in records, "no switchback recorded"
+
+
+def test_directories_that_cannot_be_made_are_one_error_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    demo, start, stop = (result for result, _ in run_parallel(
+        "127.0.0.1:1", ("demo", "--workdir", str(blocker / "demo")),
+        ("broker", "start", "--state-dir", str(blocker / "broker")),
+        ("broker", "stop", "--state-dir", str(blocker / "broker"))))
+    line = expect_one_error(demo)
+    assert "cannot make the demo's directory" in line and "Not a directory" in line, line
+    for result in (start, stop):
+        line = expect_one_error(result)
+        assert "cannot use the broker's state directory" in line and "Not a directory" in line, line

@@ -195,6 +195,8 @@ def test_refuses_uncapturable_tables_before_creating_anything(shop, tables, mess
         SqliteSource(shop, tables)
     assert "\n" not in str(caught.value)
     assert schema(shop) == before
+    if "PRIMARY KEY" in message:  # the CLI user reads the hint too
+        assert "--rowid-key" in caught.value.hint
 
 
 def test_missing_file_is_refused_and_not_created(tmp_path):

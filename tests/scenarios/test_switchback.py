@@ -468,6 +468,15 @@ def test_links_to_the_mirror_are_refused_and_a_rebuild_into_a_new_file_continues
     assert "continues source 'prod'" in done, done
     assert prepare.process.wait(30) == 0
 
+    # The old production file still exists with its capture triggers, and gets a write: the
+    # command line of before the disaster must not publish that timeline into the funnel.
+    conn = sqlite3.connect(site.prod)
+    conn.execute("DELETE FROM orders WHERE id <= 5")
+    conn.commit()
+    conn.close()
+    old = refused(bootstrap, "capture", f"sqlite://{site.prod}", "--funnel", funnel_name, "--poll-interval", POLL)
+    assert "source 'prod' continues in" in old and str(rebuilt) in old, old
+
     # Between the takeover and the capture's start the application deletes rows on production.
     site.app.resume()
     time.sleep(0.5)

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from funnel.errors import ConfigError
+from funnel.errors import ConfigError, SourceError
 from funnel.identity import database_identity, same_identity, sqlite_identity
-from producer.lineage import continued_source
+from producer.lineage import continued_source, refuse_other_database
 
 
 def test_a_hard_link_a_symlink_and_a_relative_path_are_the_same_sqlite_file(tmp_path, monkeypatch):
@@ -55,3 +55,20 @@ def test_without_a_recorded_source_the_database_is_not_even_looked_at():
         raise AssertionError("no identity needed")
 
     assert continued_source({"producer/prod": {"source": "prod"}}, "postgresql://h/db", never) is None
+
+
+def test_a_capture_of_another_database_under_a_recorded_source_name_is_refused():
+    # the old production, left in place by a switchback onto a new file, has the old name
+    records = {"source/prod": {"source": "prod", "identity": "sqlite:1:2", "url": "sqlite:///srv/new.db",
+                               "cycle": "c1"}}
+    with pytest.raises(SourceError, match=r"source 'prod' continues in sqlite:///srv/new\.db") as error:
+        refuse_other_database(records, "sqlite:///srv/prod.db", "prod", lambda url: "sqlite:1:7")
+    assert "--source-name prod" in error.value.hint
+    with pytest.raises(SourceError):  # a file that is gone and made anew is another database too
+        refuse_other_database(records, "sqlite:///srv/prod.db", "prod", lambda url: None)
+    refuse_other_database(records, "sqlite:///srv/new.db", "prod", lambda url: "sqlite:1:2")
+
+    def never(url):
+        raise AssertionError("no identity needed")
+
+    refuse_other_database(records, "sqlite:///srv/shop.db", "shop", never)  # no record for this name

@@ -113,3 +113,17 @@ def test_the_cli_renders_every_error_on_one_line(capsys):
 
     render(ConfigError("connection failed: refused\n\tIs the server running?", hint="check\nthe URL"))
     assert capsys.readouterr().err == "Error: connection failed: refused Is the server running?\nTry: check the URL\n"
+
+
+def test_an_unreachable_broker_is_named_as_tried_even_when_x_overrides_the_address():
+    import socket
+
+    from funnel.errors import BrokerUnreachableError
+    from funnel.kafka import KafkaSettings, check_reachable
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: refused at once, no broker needed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kafka = KafkaSettings("127.0.0.1:9092", {"bootstrap.servers": f"127.0.0.1:{port}"}, connect_timeout_s=1)
+    with pytest.raises(BrokerUnreachableError, match=rf"broker at 127\.0\.0\.1:{port} within 1s"):
+        check_reachable(kafka)
