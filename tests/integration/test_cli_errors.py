@@ -73,7 +73,9 @@ def test_an_unreachable_broker_is_one_error_line_in_bounded_time(tmp_path):
         line = expect_one_error(result)
         assert line.startswith(f"Error: cannot reach the Kafka broker at {bootstrap}") and "refused" in line, args
         assert "--bootstrap" in result.stderr.splitlines()[1]
-        assert seconds < (15 if args[-1] == "2s" else 40), (args, seconds)
+        # Bounded by the timeout plus the start of nine Python processes at once on a
+        # loaded 2-core machine (measured up to 15 s); before, 30 s and a traceback.
+        assert seconds < (25 if args[-1] == "2s" else 45), (args, seconds)
     assert not (tmp_path / "mirror.db").exists() and not (tmp_path / "prod.db").exists()
 
 
