@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -68,3 +70,46 @@ def child_peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def run_measured(command: list[str], **popen: object) -> dict[str, float]:
+    """Run ``command`` to its end; its wall seconds, CPU seconds and peak RSS (VmHWM, MB).
+
+    CPU comes from wait4's rusage of exactly this child (user + system, including its
+    own waited-for children). Peak RSS is polled from /proc: rusage's ru_maxrss would
+    also count the forked copy of this bench process from before exec.
+    """
+    started = time.perf_counter()
+    process = subprocess.Popen(command, **popen)
+    peak_kb = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kb = max(peak_kb, vm_hwm_kb(process.pid))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:5])} … failed with exit code {process.returncode}")
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_kb / 1024}
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak resident set of a live process since exec (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()[:2]]

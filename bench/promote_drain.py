@@ -4,7 +4,10 @@ The funnel holds ``--hours`` of traffic at ``--tps`` transactions/s of 3 rows ea
 (default 1 h at 300 tx/s: 1,080,000 transactions), none applied yet (the mirror's delay
 is longer). `funnel promote --sink` (applier stopped) drains it all and runs the hook.
 The rate is reported with its ratio to a plain drain of the same funnel by
-`funnel apply --until-caught-up` (bench/apply_sqlite.py's path), measured in this run.
+`funnel apply --until-caught-up` (bench/apply_sqlite.py's path), and with
+``ratio_to_raw_baseline``: drain rows/s / the rows/s of raw ``executemany`` upserts (and
+deletes) of the same row changes in 1,000-row commits, WAL, synchronous=NORMAL, no Kafka,
+both measured in this run. The promoting process's CPU seconds and peak RSS are given too.
 
     .venv/bin/python bench/promote_drain.py [--hours 1] [--tps 300]
 """
@@ -21,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import broker, new_funnel, publish_all  # noqa: I001
+from common import broker, load_average, new_funnel, publish_all, run_measured  # noqa: I001
 
+from applier.sinks.sqlite_sql import create_table_sql, upsert_sql
 from funnel.events import Op, Row, TableChanges
 from producer.sources.base import SourceTransaction
+from sink_sqlite import WAL_NORMAL
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["id", "account", "amount", "note"]
@@ -42,6 +47,48 @@ def traffic(hours: float, tps: int):
                    TableChanges("main.ledger", Op.DELETE, COLUMNS, ["id"],
                                 [Row([key - 1, (n - 1) % 997, 1.0, "fee"], None)] if n else [])]
         yield SourceTransaction(str(n + 1), start + n * 1_000_000 // tps, n + 1, [c for c in changes if c.rows])
+
+
+def change_chunks(hours: float, tps: int, rows: int = 1000):
+    """The traffic's row changes in commits of about ``rows``: (upserted images, deleted keys).
+
+    Within a chunk the upserts may all run before the deletes: a key is only ever
+    deleted after the transaction that inserted it, never inserted again.
+    """
+    images: list[list] = []
+    keys: list[list] = []
+    for tx in traffic(hours, tps):
+        for group in tx.changes:
+            if group.op is Op.DELETE:
+                keys += [[row.before[0]] for row in group.rows]
+            else:
+                images += [row.after for row in group.rows]
+        if len(images) + len(keys) >= rows:
+            yield images, keys
+            images, keys = [], []
+    if images or keys:
+        yield images, keys
+
+
+def raw_sqlite_rows_per_s(hours: float, tps: int, path: Path) -> tuple[float, int]:
+    """Raw executemany of the traffic into a SQLite file, 1,000-row commits; (rows/s, final rows)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in WAL_NORMAL:
+        conn.execute(pragma)
+    conn.execute(create_table_sql("ledger", COLUMNS, ["id"]))
+    upsert, delete = upsert_sql("ledger", COLUMNS, ["id"]), "DELETE FROM ledger WHERE id = ?"
+    rows, seconds = 0, 0.0
+    for images, keys in change_chunks(hours, tps):
+        started = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(upsert, images)
+        conn.executemany(delete, keys)
+        conn.execute("COMMIT")
+        seconds += time.perf_counter() - started
+        rows += len(images) + len(keys)
+    final = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
+    conn.close()
+    return rows / seconds, final
 
 
 def funnel_cmd(kafka, *args: str) -> list[str]:
@@ -79,12 +126,11 @@ def main() -> None:
         make_mirror(kafka, funnel, mirror)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         started_ns = time.time_ns()
-        done = subprocess.run(funnel_cmd(kafka, "promote", "m", "--funnel", funnel, "--sink", f"sqlite://{mirror}",
-                                         "--on-promote", f"date +%s%N > {hook_file}"), cwd=ROOT, env=env,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"promote failed: {done.stderr}")
+        promoted = run_measured(funnel_cmd(kafka, "promote", "m", "--funnel", funnel, "--sink", f"sqlite://{mirror}",
+                                           "--on-promote", f"date +%s%N > {hook_file}"), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL)
         to_hook = (int(hook_file.read_text()) - started_ns) / 1e9
+        mirror_rows = sqlite3.connect(mirror).execute("SELECT count(*) FROM ledger").fetchone()[0]
         transactions = int(args.hours * 3600 * args.tps)
         baseline_mirror = Path(tmp, "plain.db")
         started = time.perf_counter()
@@ -92,11 +138,18 @@ def main() -> None:
                                   "plain", "--delay", "0s", "--until-caught-up"), cwd=ROOT, env=env, check=True,
                        capture_output=True)
         plain_seconds = time.perf_counter() - started
+        raw_rows_per_s, raw_final = raw_sqlite_rows_per_s(args.hours, args.tps, Path(tmp, "raw.db"))
+    if raw_final != mirror_rows:
+        raise SystemExit(f"the promoted mirror holds {mirror_rows} rows, the raw baseline {raw_final}")
     print(json.dumps({
         "bench": "promote_drain", "transactions": transactions, "rows": rows,
         "seconds_to_hook": round(to_hook, 2), "rows_per_s": round(rows / to_hook),
         "plain_apply_seconds": round(plain_seconds, 2), "plain_apply_rows_per_s": round(rows / plain_seconds),
         "ratio_to_plain_apply": round(plain_seconds / to_hook, 3),
+        "raw_executemany_rows_per_s": round(raw_rows_per_s),
+        "ratio_to_raw_baseline": round(rows / to_hook / raw_rows_per_s, 3),
+        "promote_cpu_s": round(promoted["cpu_s"], 2), "promote_peak_rss_mb": round(promoted["peak_rss_mb"], 1),
+        "mirror_rows": mirror_rows, "load_average": load_average(),
         "publish_seconds": round(publish_seconds, 2), "target_seconds": 60}))
 
 
