@@ -51,11 +51,12 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that `funnel --help` stays fast and the modules stay separate.
-    from funnel.cli import apply, broker, capture, create, delay, demo, inspect, promote, seek, status, switchback
+    from funnel.cli import (apply, broker, capture, create, delay, demo, inspect, migrate, promote, seek, status,
+                            switchback)
 
     for command in (broker.broker, create.create, capture.capture, apply.apply, delay.delay,
                     status.status, inspect.inspect, seek.seek, seek.resume, promote.promote,
-                    switchback.switchback, demo.demo):
+                    switchback.switchback, demo.demo, migrate.migrate):
         main.add_command(command)
 
 
