@@ -250,8 +250,12 @@ class SqliteSource:
                 return self._follow(conn, changes)
             return self._seal_group(conn)
 
-    def _seal_group(self, conn: sqlite3.Connection) -> int | None:
-        """Inside the write transaction: seals the changelog rows after the last group."""
+    def _seal_group(self, conn: sqlite3.Connection, strictly_later: bool = False) -> int | None:
+        """Inside the write transaction: seals the changelog rows after the last group.
+
+        ``strictly_later``: stamp it at least 1 µs after the last group, so that a target
+        time can fall between the rows before a schema change and the change itself.
+        """
         last = conn.execute(
             f"SELECT upto_seq, sealed_at_us FROM {GROUPS} ORDER BY gid DESC LIMIT 1"
         ).fetchone()
@@ -260,7 +264,7 @@ class SqliteSource:
             return None
         # commit_ts must not go backwards, or a target time would fall inside the
         # order of transactions; a clock step back reuses the previous stamp.
-        sealed_at = max(self._clock(), last[1] if last is not None else 0)
+        sealed_at = max(self._clock(), last[1] + strictly_later if last is not None else 0)
         cursor = conn.execute(
             f"INSERT INTO {GROUPS}(upto_seq, sealed_at_us) VALUES (?, ?)", (top, sealed_at)
         )
@@ -749,7 +753,7 @@ class SqliteSource:
         self._sync_triggers(conn)  # records the new layouts before the marks name them
         for change in changes:
             self._write_change(conn, change, since, top)
-        gid = self._seal_group(conn)
+        gid = self._seal_group(conn, strictly_later=True)
         self._schema_version = _schema_version(conn)
         return gid
 

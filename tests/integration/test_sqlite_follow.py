@@ -200,3 +200,14 @@ def test_a_new_table_joins_a_capture_of_every_table_but_not_one_of_named_tables(
     assert sorted(c.table for c in second.changes) == ["coupons", "orders"]
     everything.close()
     named.close()
+
+
+def test_the_schema_change_is_stamped_after_the_rows_before_it(shop, tmp_path):
+    source = SqliteSource(shop, clock=lambda: 1_000)  # a clock that does not move
+    source.install()
+    run(shop, "INSERT INTO orders VALUES (2, 'cake', 1); ALTER TABLE orders ADD COLUMN note TEXT")
+    source.seal()
+    before, change = source.transactions_after(0, 10)
+    assert [c.op for c in change.changes][0] is Op.DDL
+    assert change.commit_ts > before.commit_ts, "promote --at the DDL's time must keep the rows before it"
+    source.close()
