@@ -140,3 +140,42 @@ def test_a_ddl_after_a_full_chunk_stays_in_the_transactions_last_chunk() -> None
     assert [b.ends_transaction for b in batches] == [False, True]
     assert batches[-1].changes[-1].ddl == ddl
     assert split_batch(batches[-1])[0].changes[-1].ddl == ddl or split_batch(batches[-1])[1].changes[-1].ddl == ddl
+
+
+def test_backward_seek_across_a_ddl_changes_nothing_even_past_a_batch(monkeypatch) -> None:
+    """The refusal comes before the first undo batch is applied, however many batches come first."""
+    from applier import pointintime
+    from funnel.codec import EventCodec
+    from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
+    from funnel.reader import TransactionSummary
+
+    codec = EventCodec()
+    ddl = Ddl("ALTER TABLE", "", "main.t", (Action(d.ADD_COLUMN, "c", column=ColumnDef("c")),))
+    groups = [TableChanges("main.t", Op.INSERT, ["id"], ["id"], [Row(None, [0])]),
+              TableChanges("main.t", Op.DDL, ["id", "c"], ["id"], [], ddl)]
+    groups += [TableChanges("main.t", Op.INSERT, ["id", "c"], ["id"], [Row(None, [i, None])]) for i in range(1, 5)]
+    summaries = []
+    for i, group in enumerate(groups):
+        batch = ChangeBatch("src", f"t{i}", 1_000 + i, i, 0, len(group.rows), Kind.CHANGES, [group])
+        summaries.append(TransactionSummary(f"t{i}", batch.commit_ts, Kind.CHANGES, i, i, len(group.rows), 1,
+                                            [codec.encode(batch)]))
+
+    class Reader:
+        topic = "shop"
+
+        def transactions(self, start, end, keep_payloads=False):
+            yield from summaries[start:end]
+
+    class Sink:
+        applied: list = []
+
+        def apply(self, transactions, position):
+            self.applied.append(transactions)
+            return 0
+
+    monkeypatch.setattr(pointintime, "UNDO_BATCH_ROWS", 1)
+    from applier.undo import UndoError
+    sink = Sink()
+    with pytest.raises(UndoError, match="changed the schema of 'main.t' \\(ALTER TABLE\\)"):
+        pointintime.undo_back(sink, Reader(), _position(len(groups)), 0, codec)
+    assert sink.applied == [], "nothing was undone before the refusal"
