@@ -128,6 +128,7 @@ _TOUCHED = "touched"  # the rows the last group touched are published again, as 
 _WHOLE = "whole"  # a new table: every row
 _WHOLE_AGAIN = "whole again"  # a re-created table: truncated, then every row
 _DROPPED = "dropped"
+_SCHEMA_ONLY = "schema only"  # an index: no rows follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,9 @@ class SqliteSource:
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._layout_cache: dict[str, Layout] = {}
+        # The captured tables' indexes by layout id, as last published; None: not known
+        # (before install), so index changes are not followed until it is.
+        self._indexes: dict[str, dict[str, sqlite_ddl.Index]] | None = None
         self._schema_version: int | None = None  # PRAGMA schema_version when last checked
         self._conn = self._connect()
         try:
@@ -204,10 +208,11 @@ class SqliteSource:
         a schema change carry the old columns, and tables that are new to the capture
         have rows the mirror never got.  Everything happens in one write transaction, so
         the application never sees a half-installed capture.
-        Raises SchemaChangedError when resuming after a captured table changed its
-        columns or key, lost its triggers or was dropped, or a table to capture is new;
-        SourceError if a table no longer qualifies, or the file stays locked longer than
-        busy_timeout_s.  Nothing is changed then.
+        When resuming, what changed since (see ``seal``) is followed first.  Raises
+        SchemaChangedError when resuming after a change that cannot be followed (a
+        changed key, a new table without one); SourceError if a table no longer
+        qualifies, or the file stays locked longer than busy_timeout_s.  Nothing is
+        changed then.
         """
         with self._write_tx() as conn:
             if resuming:
@@ -223,6 +228,7 @@ class SqliteSource:
             self._widen_changelog(conn, 2 * max(layout.width for layout in self._captured))
             self._sync_triggers(conn)
             self._schema_version = _schema_version(conn)
+            self._indexes = self._read_indexes(conn)
 
     def seal(self) -> int | None:
         """Closes the changes committed so far into a new group; returns its gid, or None.
@@ -669,7 +675,30 @@ class SqliteSource:
             definition = sqlite_ddl.table_definition(conn, new.table, new.columns, new.key)
             statement = sqlite_ddl.create_statement(conn, new.table)
             changes.append(_Change(None, new, _WHOLE, sqlite_ddl.create_ddl(new.event_table, definition, statement)))
-        return changes
+        return changes + self._index_changes(conn, changes)
+
+    def _index_changes(self, conn: sqlite3.Connection, changes: list[_Change]) -> list[_Change]:
+        """CREATE and DROP INDEX on the captured tables, after their other changes."""
+        if self._indexes is None:
+            return []
+        changed = {change.old.id: change for change in changes if change.old is not None}
+        result = []
+        for layout in [c.new for c in changes if c.old is None and c.new is not None] + self._captured:
+            change = changed.get(layout.id)
+            if change is not None and change.new is None:
+                continue  # dropped: its indexes went with it
+            now = change.new if change is not None else layout
+            assert now is not None
+            recreated = change is not None and change.mode == _WHOLE_AGAIN
+            before = {} if recreated or layout.id not in self._indexes else self._indexes[layout.id]
+            current = sqlite_ddl.indexes(conn, now.table)
+            definition = sqlite_ddl.table_definition(conn, now.table, now.columns, now.key)
+            for ddl in sqlite_ddl.index_ddls(now.event_table, before, current, definition):
+                result.append(_Change(now, now, _SCHEMA_ONLY, ddl))
+        return result
+
+    def _read_indexes(self, conn: sqlite3.Connection) -> dict[str, dict[str, sqlite_ddl.Index]]:
+        return {layout.id: sqlite_ddl.indexes(conn, layout.table) for layout in self._captured}
 
     def _table_change(self, conn: sqlite3.Connection, kinds: dict[str, str], by_lower: dict[str, str],
                       claimed: set[str], layout: Layout) -> _Change | None:
@@ -755,6 +784,7 @@ class SqliteSource:
             self._write_change(conn, change, since, top)
         gid = self._seal_group(conn, strictly_later=True)
         self._schema_version = _schema_version(conn)
+        self._indexes = self._read_indexes(conn)
         return gid
 
     def _write_change(self, conn: sqlite3.Connection, change: _Change, since: int, top: int) -> None:
@@ -762,7 +792,7 @@ class SqliteSource:
         assert layout is not None
         conn.execute(f"INSERT INTO {CHANGELOG}(tbl, op, layout, v0) VALUES (?, ?, ?, ?)",
                      (layout.table, _DDL_MARK, layout.id, change.ddl.to_json()))
-        if change.new is None:
+        if change.new is None or change.mode == _SCHEMA_ONLY:
             return
         new = change.new
         targets = ", ".join(f"v{i}" for i in range(new.width))

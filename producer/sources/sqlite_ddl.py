@@ -22,7 +22,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 
-from funnel.ddl import ColumnDef, Ddl, TableDef, diff
+from funnel.ddl import CREATE_INDEX, DROP_INDEX, Action, ColumnDef, Ddl, TableDef, diff
 
 # One value of our INSERT trigger after the layout id: NEW."name" (quotes doubled) or NULL.
 _VALUE = re.compile(r'NEW\."((?:[^"]|"")*)"|NULL')
@@ -104,6 +104,43 @@ def drop_ddl(event_table: str, table: str) -> Ddl:
 def create_statement(conn: sqlite3.Connection, table: str) -> str:
     found = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()
     return found[0] if found else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An index the application created on a captured table (plain columns, not partial)."""
+
+    columns: tuple[str, ...]
+    unique: bool
+    sql: str
+
+
+def indexes(conn: sqlite3.Connection, table: str) -> dict[str, Index]:
+    """The table's indexes made by CREATE INDEX on plain columns; partial and expression
+    indexes are left out (a mirror need not have them to hold the same rows)."""
+    found = {}
+    for _, name, unique, origin, partial in conn.execute(f"PRAGMA index_list({_q(table)})"):
+        if origin != "c" or partial:
+            continue
+        columns = [row[2] for row in conn.execute(f"PRAGMA index_info({_q(name)})")]
+        if columns and all(c is not None for c in columns):
+            sql = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?", (name,)).fetchone()
+            found[name] = Index(tuple(columns), bool(unique), sql[0] if sql else "")
+    return found
+
+
+def index_ddls(event_table: str, before: dict[str, Index], now: dict[str, Index], definition: TableDef) -> list[Ddl]:
+    """One DDL event per dropped, then per created index (a changed one is dropped and created)."""
+    result = []
+    for name, index in sorted(before.items()):
+        if now.get(name) != index:
+            result.append(Ddl("DROP INDEX", f"DROP INDEX {_q(name)}", event_table,
+                              (Action(DROP_INDEX, name),), definition))
+    for name, index in sorted(now.items()):
+        if before.get(name) != index:
+            result.append(Ddl("CREATE INDEX", index.sql, event_table,
+                              (Action(CREATE_INDEX, name, columns=index.columns, unique=index.unique),), definition))
+    return result
 
 
 def _q(name: str) -> str:

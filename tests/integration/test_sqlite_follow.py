@@ -79,6 +79,15 @@ def dump(path: str | Path) -> dict[str, tuple[list[str], list[tuple]]]:
     return result
 
 
+def indexes(path: str | Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL "
+                            "AND name NOT LIKE '\\_timefunnel\\_%' ESCAPE '\\' ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def shop(tmp_path: Path) -> str:
     path = make_db(tmp_path / "shop.db", *TABLES)
@@ -101,8 +110,10 @@ def shop(tmp_path: Path) -> str:
         ("CREATE TABLE l2(order_id INTEGER, n INTEGER, sku BLOB, PRIMARY KEY (order_id, n)); "
          "INSERT INTO l2 SELECT * FROM lines; DROP TABLE lines; ALTER TABLE l2 RENAME TO lines",
          "UPDATE lines SET sku = x'00'", ["ALTER TABLE"]),
+        ("CREATE INDEX orders_qty ON orders(qty)", "DROP INDEX orders_qty; CREATE UNIQUE INDEX o_item ON orders(item)",
+         ["CREATE INDEX"]),
     ],
-    ids=["add-column", "rename-column", "drop-table", "rename-table", "create-table", "rebuild-table"],
+    ids=["add-column", "rename-column", "drop-table", "rename-table", "create-table", "rebuild-table", "index"],
 )
 def test_a_migration_is_followed_with_the_rows_around_it(shop, tmp_path, migration, then, tags):
     source = SqliteSource(shop)
@@ -118,6 +129,7 @@ def test_a_migration_is_followed_with_the_rows_around_it(shop, tmp_path, migrati
     ddl = [c.ddl.tag for tx in published for c in tx.changes if c.op is Op.DDL]
     assert ddl == tags
     assert dump(mirror.path) == dump(shop)
+    assert indexes(mirror.path) == indexes(shop)
     # and capture goes on with the new triggers
     run(shop, "INSERT INTO orders(id, item) VALUES (6, 'bun'); UPDATE orders SET item = 'tart' WHERE id = 3")
     assert not [c for tx in mirror.follow() for c in tx.changes if c.op is Op.DDL]

@@ -75,6 +75,11 @@ def test_migrations_follow_on_a_delayed_mirror_through_kill_9(bootstrap, funnel_
     wait_for(lambda: "remark" in shape(mirror)["events"][0], WAIT_S, 0.3, "the rename on the mirror after kill -9")
     result = run_funnel(bootstrap, "migrate", f"sqlite://{prod}", "--sql", "ALTER TABLE events DROP COLUMN remark")
     assert result.returncode == 0, result.stderr
+    failed = run_funnel(bootstrap, "migrate", f"sqlite://{prod}", "--sql",
+                        "ALTER TABLE coupons ADD COLUMN x; ALTER TABLE nope ADD COLUMN y")
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert lines[0].startswith("Error: migration statement 2 failed") and "nothing of the migration" in lines[0]
     app.kill9()
     app = apply()
     migrate(prod, "ALTER TABLE counters ADD COLUMN label TEXT", "UPDATE counters SET label = 'c' || id",

@@ -568,12 +568,27 @@ def installed_with_one_sealed_row(shop: str) -> tuple[SqliteSource, SourceTransa
 
 def test_ddl_that_changes_no_captured_table_goes_on(shop):
     source, first = installed_with_one_sealed_row(shop)
-    write(shop, ("CREATE INDEX orders_item ON orders(item)", ()), ("CREATE TABLE IF NOT EXISTS orders(x)", ()))
+    write(shop, ("CREATE TABLE IF NOT EXISTS orders(x)", ()), ("CREATE VIEW v AS SELECT 1", ()))
     write(shop, ("CREATE TRIGGER audit AFTER INSERT ON orders BEGIN SELECT 1; END", ()))
     write(shop, ("INSERT INTO orders VALUES (2, 'cake', 1)", ()))
     source.seal()
     (second,) = source.transactions_after(first.position, 10)
     assert second.changes[0].rows[0].after == [2, "cake", 1]
+    source.close()
+
+
+def test_an_index_is_published_after_the_rows_before_it(shop):
+    source, first = installed_with_one_sealed_row(shop)
+    write(shop, ("INSERT INTO orders VALUES (2, 'cake', 1)", ()), ("CREATE UNIQUE INDEX orders_item ON orders(item)", ()))
+    source.seal()
+    rows, index = source.transactions_after(first.position, 10)
+    assert rows.changes[0].rows[0].after == [2, "cake", 1]
+    (ddl,) = [c.ddl for c in index.changes]
+    assert (ddl.tag, ddl.actions[0].columns, ddl.actions[0].unique) == ("CREATE INDEX", ("item",), True)
+    write(shop, ("DROP INDEX orders_item", ()))
+    source.seal()
+    (dropped,) = source.transactions_after(index.position, 10)
+    assert [c.ddl.tag for c in dropped.changes] == ["DROP INDEX"]
     source.close()
 
 
