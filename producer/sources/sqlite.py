@@ -32,13 +32,14 @@ Known limits (the application's SQLite decides these, not us)
   sees only the insert (fine for a conflict on the primary key, which the sink upserts;
   a row removed for a conflict on another UNIQUE index is missed).
 - Generated columns are not captured: the mirror computes them itself.
-- Schema changes are not followed: the triggers keep recording the columns they were
-  made for.  ``seal()`` therefore checks ``PRAGMA schema_version`` under its write lock
-  and raises SchemaChangedError, sealing nothing, once a captured table changed its
-  columns or key, lost its triggers or was dropped, or a new table appeared (capturing
-  every table); ``install(resuming=True)`` refuses the same against the ``captured``
-  record.  Only ``install()`` for a new funnel follows the new schema; rows already in
-  the changelog keep the layout they were written with.
+- Schema changes are followed at the next seal (``_follow``; ``producer.sources.sqlite_ddl``
+  tells renames from drops and adds by reading our own triggers, which SQLite rewrites):
+  the rows recorded so far are sealed with the old columns, then one more group holds
+  the DDL events and the current images of the rows the DDL may have changed, and the
+  triggers are rebuilt, all in one write transaction.  A changed primary key or a new
+  table without one cannot be followed: ``seal()`` raises SchemaChangedError, sealing
+  nothing.  SQLite refuses ``DROP COLUMN`` on a column a trigger names: ``migrate()``
+  runs such a migration.
 - A table whose name holds a dot is ``main.<name>`` in events (``funnel.tablenames``).
 - Every captured row write also writes a changelog row: bulk inserts in WAL mode ran
   at about half their speed (424k -> 230k rows/s at 100 rows per commit).
@@ -236,11 +237,12 @@ class SqliteSource:
         None means no change arrived since the last group.  SQLite's locks are not fair:
         against an application that writes back to back without a gap, this waits for
         a gap, up to busy_timeout_s.
-        Raises SchemaChangedError if a captured table changed its columns or key, lost its
-        triggers or was dropped, or a table to capture appeared, since ``install()``:
-        nothing is sealed then, so no change written after the schema change is ever
-        read.  Raises SourceError if capture is not installed or the file stays locked
-        longer than busy_timeout_s.
+        When the schema changed since the last seal, the change is followed (``_follow``):
+        two groups are sealed, and the gid of the second is returned.
+        Raises SchemaChangedError for a change that cannot be followed (a changed key, a
+        new table without one): nothing is sealed then, so no change written after it is
+        ever read.  Raises SourceError if capture is not installed or the file stays
+        locked longer than busy_timeout_s.
         """
         # Why a group never splits an application transaction: SQLite has one writer at
         # a time, and BEGIN IMMEDIATE makes this bookkeeping a writer.  While we hold the
