@@ -249,14 +249,20 @@ class SqliteSource:
         # write lock no application transaction can be half-way through its changelog
         # rows: each one has either committed all its rows (they get seq numbers below
         # max(seq), contiguous, in commit order) or not written any yet.
-        with self._write_tx() as conn:
-            # Checked under the write lock, so no DDL can slip in between the check and
-            # the seal: every group is sealed with the columns its rows were written with,
-            # and a schema change is published right after the rows before it.
-            changes = self._schema_changes(conn)
-            if changes:
-                return self._follow(conn, changes)
-            return self._seal_group(conn)
+        remembered = (self._captured, self._schema_version, self._indexes)
+        try:
+            with self._write_tx() as conn:
+                # Checked under the write lock, so no DDL can slip in between the check and
+                # the seal: every group is sealed with the columns its rows were written with,
+                # and a schema change is published right after the rows before it.
+                changes = self._schema_changes(conn)
+                if changes:
+                    return self._follow(conn, changes)
+                return self._seal_group(conn)
+        except BaseException:
+            # Rolled back: what we knew of the schema is what the database still says.
+            self._captured, self._schema_version, self._indexes = remembered
+            raise
 
     def _seal_group(self, conn: sqlite3.Connection, strictly_later: bool = False) -> int | None:
         """Inside the write transaction: seals the changelog rows after the last group.
