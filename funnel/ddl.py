@@ -18,7 +18,7 @@ field of change_batch v2, so the Avro schema does not change with every new acti
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -191,15 +191,3 @@ def _describe_action(action: Action) -> str:
     if action.kind in (ADD_COLUMN, ALTER_TYPE) and action.column is not None and action.column.type:
         return f"{action.kind} {action.name} {action.column.type}"
     return f"{action.kind} {action.name}"
-
-
-def key_changed(old: TableDef | None, new: TableDef | None, renames: Mapping[str, str] | None = None) -> bool:
-    """True when the primary key differs (after renames): few mirrors can follow that in place."""
-    if old is None or new is None:
-        return False
-    renames = renames or {}
-    return tuple(renames.get(k, k) for k in old.key) != tuple(new.key)
-
-
-def names(columns: Sequence[ColumnDef]) -> list[str]:
-    return [c.name for c in columns]

@@ -14,8 +14,6 @@ mirror, so it is refused.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from applier.sinks import postgres_sql, sqlite_sql
 from funnel import ddl as d
 from funnel.errors import SinkError
@@ -160,5 +158,3 @@ def _q(name: str) -> str:
 def _pq(name: str) -> str:
     return postgres_sql.quote_ident(name)
 
-
-StatementBuilder = Callable[[d.Ddl, str, str], list[str]]
