@@ -168,9 +168,16 @@ def undo_back(sink: Sink, reader: FunnelReader, position: MirrorPosition, from_o
 
     Each batch of undos is one database transaction with the position, so a crash
     resumes exactly: the next run undoes from where the stored position says.
-    Raises UndoError for a transaction that cannot be undone, CodecError for a bad event.
+    Raises UndoError for a transaction that cannot be undone (checked for all of them
+    before anything is undone), CodecError for a bad event.
     """
     held = list(_ticking(reader.transactions(from_offset, position.next_offset, keep_payloads=True), tick))
+    # Every transaction must be invertible before the first undo is applied, so that a
+    # refusal (a schema change, a truncate, no before image) leaves the mirror unchanged.
+    for summary in held:
+        tick()
+        if summary.kind is not Kind.HEARTBEAT:
+            invert(_decode(summary, codec, reader.topic))
     undone_tx = undone_rows = 0
     batch: list[Transaction] = []
     rows = 0

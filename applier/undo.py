@@ -50,6 +50,13 @@ def _invert_group(group: TableChanges, txid: str) -> TableChanges:
     if group.op is Op.TRUNCATE:
         raise UndoError(f"transaction {txid!r} truncated {group.table!r}: the removed rows are not in the funnel, "
                         f"so the mirror cannot go back before it", hint="choose a target time after that transaction")
+    if group.op is Op.DDL:
+        # Not every schema change has an exact inverse (a dropped column's values are not
+        # in the funnel); refusing them all keeps the mirror unchanged and exact.
+        tag = group.ddl.tag if group.ddl is not None else "DDL"
+        raise UndoError(f"transaction {txid!r} changed the schema of {group.table!r} ({tag}): backward seek "
+                        "does not undo schema changes, so the mirror cannot go back before it",
+                        hint="choose a target time after that transaction")
     raise UndoError(f"transaction {txid!r} holds initial-copy rows of {group.table!r}: it cannot be undone")
 
 

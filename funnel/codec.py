@@ -39,6 +39,7 @@ import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 import schemas
+from funnel.ddl import Ddl
 from funnel.errors import CodecError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value
 
@@ -46,11 +47,12 @@ MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 SCHEMA_NAME = "change_batch"
 
-# The fingerprint of the layout _write_batch and _read_batch implement (change_batch.v1).
-_FAST_LAYOUT = bytes.fromhex("f2986c76ae3586c1")
+# The fingerprint of the layout _write_batch and _read_batch implement (change_batch.v2:
+# v1 plus op DDL and the nullable ``ddl`` text after each group's rows).
+_FAST_LAYOUT = bytes.fromhex("24affd6e70940259")
 # Enum symbols in schema order; pinned by _FAST_LAYOUT like the rest of the layout.
 _KINDS = (Kind.CHANGES, Kind.SNAPSHOT, Kind.SNAPSHOT_END, Kind.HEARTBEAT)
-_OPS = (Op.SNAPSHOT, Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE)
+_OPS = (Op.SNAPSHOT, Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE, Op.DDL)
 _KIND_INDEX = {kind: index for index, kind in enumerate(_KINDS)}
 _OP_INDEX = {op: index for index, op in enumerate(_OPS)}
 
@@ -327,6 +329,7 @@ def _batch_from_record(record: dict[str, Any]) -> ChangeBatch:
             group["columns"],
             group["key"],
             [_new_tuple(Row, row.values()) for row in group["rows"]],
+            _ddl_from_text(group.get("ddl")),
         )
         for group in record["changes"]
     ]
@@ -340,6 +343,11 @@ def _batch_from_record(record: dict[str, Any]) -> ChangeBatch:
         Kind[record["kind"]],
         groups,
     )
+
+
+def _ddl_from_text(text: str | None) -> Ddl | None:
+    """Raises CodecError for text that is not a Ddl (funnel.ddl)."""
+    return None if text is None else Ddl.from_json(text)
 
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
@@ -400,7 +408,7 @@ def _read_enum(buf: bytes, pos: int, symbols: tuple[Any, ...], what: str) -> tup
 
 
 def _read_batch(buf: bytes, pos: int) -> tuple[ChangeBatch, int]:
-    """A v1 body from ``pos``: the batch and the position after it."""
+    """A v2 body from ``pos``: the batch and the position after it."""
     source, pos = _read_str(buf, pos)
     txid, pos = _read_str(buf, pos)
     commit_ts, pos = _read_long(buf, pos)
@@ -419,8 +427,23 @@ def _read_batch(buf: bytes, pos: int) -> tuple[ChangeBatch, int]:
             columns, pos = _read_strings(buf, pos)
             key, pos = _read_strings(buf, pos)
             rows, pos = _read_rows(buf, pos)
-            groups.append(TableChanges(table, op, columns, key, rows))
+            ddl, pos = _read_ddl(buf, pos)
+            groups.append(TableChanges(table, op, columns, key, rows, ddl))
     return ChangeBatch(source, txid, commit_ts, position, seq, tx_rows, kind, groups), pos
+
+
+def _read_ddl(buf: bytes, pos: int) -> tuple[Ddl | None, int]:
+    """The nullable ``ddl`` text of a group. Raises _Malformed for a bad union branch."""
+    branch = buf[pos]
+    if branch == 0:
+        return None, pos + 1
+    if branch != 2:
+        raise _Malformed(f"ddl branch {branch} at byte {pos}")
+    text, pos = _read_str(buf, pos + 1)
+    try:
+        return Ddl.from_json(text), pos
+    except CodecError as exc:
+        raise _Malformed(str(exc)) from exc
 
 
 def _read_rows(buf: bytes, pos: int) -> tuple[list[Row], int]:
@@ -549,7 +572,7 @@ def _write_strings(out: bytearray, texts: list[str]) -> None:
 
 
 def _write_batch(out: bytearray, batch: ChangeBatch) -> None:
-    """Append the v1 body of ``batch``. Raises CodecError for a bad value or enum."""
+    """Append the v2 body of ``batch``. Raises CodecError for a bad value or enum."""
     _write_str(out, batch.source)
     _write_str(out, batch.txid)
     for name in _LONG_FIELDS:
@@ -598,6 +621,11 @@ def _write_group(out: bytearray, group: TableChanges) -> None:
             # Find the culprit only now, so the happy path carries no bookkeeping.
             raise CodecError(_describe_bad_rows(group)) from exc
     out.append(0)
+    if group.ddl is None:
+        out.append(0)
+    else:
+        out.append(2)
+        _write_str(out, group.ddl.to_json())
 
 
 def _write_image(out: bytearray, values: list[Value], width: int) -> None:

@@ -19,6 +19,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
+from funnel.ddl import Ddl
+
 Value = Union[None, bool, int, float, str, bytes]
 
 
@@ -30,6 +32,7 @@ class Op(str, enum.Enum):
     UPDATE = "update"
     DELETE = "delete"
     TRUNCATE = "truncate"  # no rows: empty the table
+    DDL = "ddl"  # no rows: a schema change of the table, in ``TableChanges.ddl`` (funnel.ddl)
 
 
 class Kind(str, enum.Enum):
@@ -59,6 +62,7 @@ class TableChanges:
     # its rows are a multiset, and an update or delete changes one row equal to ``before``.
     key: list[str]
     rows: list[Row] = field(default_factory=list)
+    ddl: Ddl | None = None  # the schema change of an Op.DDL group; None for every other op
 
 
 @dataclass(slots=True)

@@ -64,13 +64,16 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
             continue
         start = 0
         while start < len(group.rows):
+            # Seal a full chunk only when more rows come: rowless groups after the last
+            # row (a DROP TABLE, a truncate) stay in the transaction's last chunk, which
+            # a reader takes as the end of the transaction (seq + rows == tx_rows).
+            if filled >= chunk_rows:
+                seal()
             take = min(chunk_rows - filled, len(group.rows) - start)
             current.append(TableChanges(group.table, group.op, group.columns, group.key,
                                         group.rows[start:start + take]))
             filled += take
             start += take
-            if filled >= chunk_rows:
-                seal()
     if current or not batches:
         seal()
     return batches
@@ -260,7 +263,7 @@ def split_batch(batch: ChangeBatch) -> list[ChangeBatch]:
             second.append(group)
             continue
         take = min(half - taken, len(group.rows))
-        first.append(TableChanges(group.table, group.op, group.columns, group.key, group.rows[:take]))
+        first.append(TableChanges(group.table, group.op, group.columns, group.key, group.rows[:take], group.ddl))
         if take < len(group.rows):
             second.append(TableChanges(group.table, group.op, group.columns, group.key, group.rows[take:]))
         taken += take

@@ -86,6 +86,7 @@ from applier.sinks.postgres_sql import (
     upsert_select_sql,
     upsert_values_sql,
 )
+from applier.sinks import ddl as ddl_sql
 from applier.sinks.base import no_matching_row
 from applier.sinks.state import EPOCH_COLUMN, StateWriter, add_epoch_column_sql, position_from_row
 from applier.transaction import MirrorPosition, Transaction
@@ -435,18 +436,40 @@ class PostgresSink:
 
     def _apply_transaction(self, transaction: Transaction, run: _Run) -> int:
         txid = transaction.txid
-        groups = transaction.changes
-        # Check every table of the transaction before any of its rows is sent.
-        plans = [self._checked(group, txid) for group in groups]
         applied = 0
-        for group, plan in zip(groups, plans):
-            try:
-                self._apply_group(group, plan, txid, run)
-            except _ROW_ERRORS as exc:
-                raise SinkError(f"malformed {_op_name(group.op)} row image for table {group.table!r} "
-                                f"(txid {txid}): {exc}") from exc
-            applied += len(group.rows)
+        for groups, ddl in _segments(transaction.changes):
+            # Check every table of a segment before any of its rows is sent; a schema
+            # change ends a segment, as the tables after it are checked against it.
+            plans = [self._checked(group, txid) for group in groups]
+            for group, plan in zip(groups, plans):
+                try:
+                    self._apply_group(group, plan, txid, run)
+                except _ROW_ERRORS as exc:
+                    raise SinkError(f"malformed {_op_name(group.op)} row image for table {group.table!r} "
+                                    f"(txid {txid}): {exc}") from exc
+                applied += len(group.rows)
+            if ddl is not None:
+                self._apply_ddl(ddl, txid, run)
         return applied
+
+    def _apply_ddl(self, group: TableChanges, txid: str, run: _Run) -> None:
+        """Apply a schema change in this database transaction, after the rows before it.
+
+        Raises SinkError when the change cannot be applied (nothing of the call is then).
+        """
+        if group.ddl is None:
+            raise SinkError(f"schema change of table {group.table!r} (txid {txid}) carries no definition")
+        run.flush()
+        statements = ddl_sql.postgres_statements(group.ddl, group.table, txid)
+        try:
+            for statement in statements:
+                self._conn.execute(statement)
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot apply the schema change of table {group.table!r} (txid {txid}, "
+                            f"{group.ddl.tag}): {one_line(exc)}",
+                            hint="Compare the mirror table with production's definition before this change.") from exc
+        # Staging tables and plans were made for the old definition.
+        self._forget()
 
     def _checked(self, group: TableChanges, txid: str) -> _Plan | MirrorTable:
         """The plan of a group (its mirror table for a truncate).  Raises SinkError naming the txid."""
@@ -702,6 +725,21 @@ def _add_epoch_column(conn: psycopg.Connection) -> None:
                          "AND NOT attisdropped", (STATE_TABLE, EPOCH_COLUMN)).fetchone()
     if found is None:
         conn.execute(add_epoch_column_sql("bigint", if_not_exists=True))
+
+
+def _segments(groups: list[TableChanges]) -> list[tuple[list[TableChanges], TableChanges | None]]:
+    """The groups cut at each schema change: (groups before it, the DDL group or None)."""
+    segments: list[tuple[list[TableChanges], TableChanges | None]] = []
+    current: list[TableChanges] = []
+    for group in groups:
+        if group.op == Op.DDL:
+            segments.append((current, group))
+            current = []
+        else:
+            current.append(group)
+    if current or not segments:
+        segments.append((current, None))
+    return segments
 
 
 def _find_definition(definitions: dict[str, dict[str, Any]], source: str) -> dict[str, Any] | None:

@@ -35,9 +35,11 @@ from applier.sinks.sqlite_sql import (
     update_one_sql,
     upsert_sql,
 )
+from applier.sinks import ddl as ddl_sql
 from applier.sinks.base import is_keyless, no_matching_row
 from applier.sinks.state import EPOCH_COLUMN, STATE_TABLE, StateWriter, add_epoch_column_sql, position_from_row
 from applier.transaction import MirrorPosition, Transaction
+from funnel import ddl as ddl_model
 from funnel.errors import SinkError
 from funnel.events import Op, Row, TableChanges, Value
 
@@ -301,6 +303,9 @@ class SqliteSink:
 
     def _apply_group(self, group: TableChanges, txid: str, run: _Run) -> None:
         op = group.op
+        if op == Op.DDL:
+            self._apply_ddl(group, txid, run)
+            return
         if op == Op.TRUNCATE:
             self._truncate(group.table, run)
             return
@@ -314,6 +319,27 @@ class SqliteSink:
             run.add(plan.upsert, map(_AFTER, rows), plan.table, txid)
         else:
             raise SinkError(f"unknown operation {op!r} for table {group.table!r} (txid {txid})")
+
+    def _apply_ddl(self, group: TableChanges, txid: str, run: _Run) -> None:
+        """Apply a schema change in this database transaction, after the rows before it.
+
+        A table the mirror does not have yet is created with the change's resulting
+        definition.  Raises SinkError for a change SQLite cannot express (nothing runs).
+        """
+        if group.ddl is None:
+            raise SinkError(f"schema change of table {group.table!r} (txid {txid}) carries no definition")
+        run.flush()
+        statements = ddl_sql.sqlite_statements(group.ddl, group.table, txid)
+        old = mirror_table_name(group.ddl.object)
+        dropping = any(a.kind == ddl_model.DROP_TABLE for a in group.ddl.actions)
+        if self._table_columns(old) is None and not dropping and group.ddl.definition is not None:
+            definition = group.ddl.definition
+            statements = [create_table_sql(mirror_table_name(group.table), definition.names, definition.key)]
+        for statement in statements:
+            self._conn.execute(statement)
+        # Every cached plan and column set may name what just changed.
+        self._plans.clear()
+        self._columns.clear()
 
     def _update(self, plan: _Plan, rows: list[Row], txid: str, run: _Run) -> None:
         """Upsert the new images; a row whose key changed first loses its old key.

@@ -51,12 +51,12 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so that `funnel --help` stays fast and the modules stay separate.
-    from funnel.cli import (apply, broker, capture, create, delay, demo, inspect, promote, seek, status, switchback,
-                            takeover)
+    from funnel.cli import (apply, broker, capture, create, delay, demo, inspect, migrate, promote, seek, status,
+                            switchback, takeover)
 
     for command in (broker.broker, create.create, capture.capture, apply.apply, delay.delay,
                     status.status, inspect.inspect, seek.seek, seek.resume, promote.promote,
-                    switchback.switchback, takeover.takeover, demo.demo):
+                    switchback.switchback, takeover.takeover, demo.demo, migrate.migrate):
         main.add_command(command)
 
 

@@ -12,6 +12,7 @@ import click
 from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.codec import EventCodec
 from funnel.control import ControlChannel
+from funnel.ddl import Ddl, describe
 from funnel.errors import ConfigError, TimeFunnelError
 from funnel.events import Kind, Op
 from funnel.reader import FunnelReader, TransactionSummary
@@ -99,10 +100,15 @@ def _describe(summary: TransactionSummary, codec: EventCodec, next_offset: int |
               show_rows: bool) -> dict[str, Any]:
     counts: Counter = Counter()
     rows: list[dict] = []
+    ddls: list[dict] = []
     for payload in summary.payloads:
         batch = codec.decode(payload)
         for group in batch.changes:
-            counts[(group.table, group.op.value)] += len(group.rows) or (1 if group.op is Op.TRUNCATE else 0)
+            counts[(group.table, group.op.value)] += len(group.rows) or (1 if group.op in _ROWLESS else 0)
+            if group.op is Op.DDL and group.ddl is not None:
+                ddls.append(_ddl_entry(group.table, group.ddl))
+                if group.ddl.object != group.table:  # a rename: --table finds it by either name
+                    counts[(group.ddl.object, group.op.value)] += 1
             if show_rows:
                 rows += [{"table": group.table, "op": group.op.value, "before": _image(group.columns, r.before),
                           "after": _image(group.columns, r.after)} for r in group.rows]
@@ -112,12 +118,23 @@ def _describe(summary: TransactionSummary, codec: EventCodec, next_offset: int |
         "rows": summary.rows,
         "changes": [{"table": t, "op": op, "rows": n} for (t, op), n in sorted(counts.items())],
     }
+    if ddls:
+        entry["ddl"] = ddls
     if next_offset is not None:
         entry["applied"] = summary.last_offset < next_offset
     if show_rows:
         entry["rows"] = rows
         entry["row_count"] = summary.rows
     return entry
+
+
+_ROWLESS = (Op.TRUNCATE, Op.DDL)  # counted once each, so that --op finds them
+
+
+def _ddl_entry(table: str, ddl: Ddl) -> dict[str, Any]:
+    return {"table": table, "object": ddl.object, "tag": ddl.tag, "statement": ddl.statement,
+            "actions": [a.kind + " " + a.name + (f" -> {a.to}" if a.to else "") for a in ddl.actions],
+            "summary": describe(ddl)}
 
 
 def _image(columns: list[str], values) -> dict | None:
@@ -145,5 +162,8 @@ def _table_matches(table: str, wanted: tuple[str, ...]) -> bool:
 def _line(entry: dict) -> str:
     changes = ", ".join(f"{c['table']} {c['op']} {c['rows']}" for c in entry["changes"]) or "-"
     applied = "" if "applied" not in entry else ("  [applied]" if entry["applied"] else "  [pending]")
-    return (f"{entry['commit_ts']}  txid {entry['txid']}  offsets {entry['first_offset']}..{entry['last_offset']}"
+    line = (f"{entry['commit_ts']}  txid {entry['txid']}  offsets {entry['first_offset']}..{entry['last_offset']}"
             f"  {entry.get('row_count', entry['rows'])} rows: {changes}{applied}")
+    for ddl in entry.get("ddl", ()):
+        line += f"\n    ddl {ddl['summary']}\n      {' '.join(ddl['statement'].split())}"
+    return line

@@ -32,13 +32,14 @@ Known limits (the application's SQLite decides these, not us)
   sees only the insert (fine for a conflict on the primary key, which the sink upserts;
   a row removed for a conflict on another UNIQUE index is missed).
 - Generated columns are not captured: the mirror computes them itself.
-- Schema changes are not followed: the triggers keep recording the columns they were
-  made for.  ``seal()`` therefore checks ``PRAGMA schema_version`` under its write lock
-  and raises SchemaChangedError, sealing nothing, once a captured table changed its
-  columns or key, lost its triggers or was dropped, or a new table appeared (capturing
-  every table); ``install(resuming=True)`` refuses the same against the ``captured``
-  record.  Only ``install()`` for a new funnel follows the new schema; rows already in
-  the changelog keep the layout they were written with.
+- Schema changes are followed at the next seal (``_follow``; ``producer.sources.sqlite_ddl``
+  tells renames from drops and adds by reading our own triggers, which SQLite rewrites):
+  the rows recorded so far are sealed with the old columns, then one more group holds
+  the DDL events and the current images of the rows the DDL may have changed, and the
+  triggers are rebuilt, all in one write transaction.  A changed primary key or a new
+  table without one cannot be followed: ``seal()`` raises SchemaChangedError, sealing
+  nothing.  SQLite refuses ``DROP COLUMN`` on a column a trigger names: ``migrate()``
+  runs such a migration.
 - A table whose name holds a dot is ``main.<name>`` in events (``funnel.tablenames``).
 - Every captured row write also writes a changelog row: bulk inserts in WAL mode ran
   at about half their speed (424k -> 230k rows/s at 100 rows per commit).
@@ -51,15 +52,18 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from funnel.clock import now_us
+from funnel.ddl import Ddl
 from funnel.errors import ConfigError, SchemaChangedError, SourceError
 from funnel.events import Op, Row, TableChanges
 from funnel.tablenames import check_distinct, sqlite_event_name
+from producer.sources import sqlite_ddl
 from producer.sources.base import SourceTransaction
 
 CHANGELOG = "_timefunnel_changelog"
@@ -69,6 +73,8 @@ CAPTURED = "_timefunnel_captured"  # the captured tables and their layouts, as i
 PREFIX = "_timefunnel_"
 _BASE_COLUMNS = 4  # seq, tbl, op, layout: the value columns v0.. follow
 _OPS = {"I": Op.INSERT, "U": Op.UPDATE, "D": Op.DELETE}
+_DDL_MARK, _TRUNCATE_MARK = "S", "T"  # changelog rows that _follow writes, never a trigger
+_MARKS = (_DDL_MARK, _TRUNCATE_MARK)
 
 
 def quote_ident(name: str) -> str:
@@ -114,6 +120,23 @@ class Layout:
         return {op: f"{PREFIX}{op.lower()}_{self.id}" for op in _OPS}
 
 
+_TOUCHED = "touched"  # the rows the last group touched are published again, as they are now
+_WHOLE = "whole"  # a new table: every row
+_WHOLE_AGAIN = "whole again"  # a re-created table: truncated, then every row
+_DROPPED = "dropped"
+_SCHEMA_ONLY = "schema only"  # an index: no rows follow
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """A schema change to publish: the layouts before and after it, and which rows follow it."""
+
+    old: Layout | None
+    new: Layout | None
+    mode: str
+    ddl: Ddl
+
+
 @dataclass(slots=True)
 class _Group:
     gid: int
@@ -153,6 +176,9 @@ class SqliteSource:
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
         self._layout_cache: dict[str, Layout] = {}
+        # The captured tables' indexes by layout id, as last published; None: not known
+        # (before install), so index changes are not followed until it is.
+        self._indexes: dict[str, dict[str, sqlite_ddl.Index]] | None = None
         self._schema_version: int | None = None  # PRAGMA schema_version when last checked
         self._conn = self._connect()
         try:
@@ -178,19 +204,27 @@ class SqliteSource:
         a schema change carry the old columns, and tables that are new to the capture
         have rows the mirror never got.  Everything happens in one write transaction, so
         the application never sees a half-installed capture.
-        Raises SchemaChangedError when resuming after a captured table changed its
-        columns or key, lost its triggers or was dropped, or a table to capture is new;
-        SourceError if a table no longer qualifies, or the file stays locked longer than
-        busy_timeout_s.  Nothing is changed then.
+        When resuming, what changed since (see ``seal``) is followed first.  Raises
+        SchemaChangedError when resuming after a change that cannot be followed (a
+        changed key, a new table without one); SourceError if a table no longer
+        qualifies, or the file stays locked longer than busy_timeout_s.  Nothing is
+        changed then.
         """
         with self._write_tx() as conn:
-            self._captured = self._inspect(conn)
             if resuming:
-                self._check_unchanged(conn, self._installed(conn), "since its capture was installed")
+                # Follow what changed while capture was stopped, from what was installed.
+                self._captured = self._installed(conn)
+                self._schema_version = None
+                changes = self._schema_changes(conn)
+                if changes:
+                    self._follow(conn, changes)
+                    return
+            self._captured = self._inspect(conn)
             self._create_bookkeeping(conn)
             self._widen_changelog(conn, 2 * max(layout.width for layout in self._captured))
             self._sync_triggers(conn)
             self._schema_version = _schema_version(conn)
+            self._indexes = self._read_indexes(conn)
 
     def uninstall(self) -> list[str]:
         """Drops what install() created (``uninstall``); returns what it dropped."""
@@ -202,34 +236,97 @@ class SqliteSource:
         None means no change arrived since the last group.  SQLite's locks are not fair:
         against an application that writes back to back without a gap, this waits for
         a gap, up to busy_timeout_s.
-        Raises SchemaChangedError if a captured table changed its columns or key, lost its
-        triggers or was dropped, or a table to capture appeared, since ``install()``:
-        nothing is sealed then, so no change written after the schema change is ever
-        read.  Raises SourceError if capture is not installed or the file stays locked
-        longer than busy_timeout_s.
+        When the schema changed since the last seal, the change is followed (``_follow``):
+        two groups are sealed, and the gid of the second is returned.
+        Raises SchemaChangedError for a change that cannot be followed (a changed key, a
+        new table without one): nothing is sealed then, so no change written after it is
+        ever read.  Raises SourceError if capture is not installed or the file stays
+        locked longer than busy_timeout_s.
         """
         # Why a group never splits an application transaction: SQLite has one writer at
         # a time, and BEGIN IMMEDIATE makes this bookkeeping a writer.  While we hold the
         # write lock no application transaction can be half-way through its changelog
         # rows: each one has either committed all its rows (they get seq numbers below
         # max(seq), contiguous, in commit order) or not written any yet.
+        remembered = (self._captured, self._schema_version, self._indexes)
+        try:
+            with self._write_tx() as conn:
+                # Checked under the write lock, so no DDL can slip in between the check and
+                # the seal: every group is sealed with the columns its rows were written with,
+                # and a schema change is published right after the rows before it.
+                changes = self._schema_changes(conn)
+                if changes:
+                    return self._follow(conn, changes)
+                return self._seal_group(conn)
+        except BaseException:
+            # Rolled back: what we knew of the schema is what the database still says.
+            self._captured, self._schema_version, self._indexes = remembered
+            raise
+
+    def _seal_group(self, conn: sqlite3.Connection, strictly_later: bool = False) -> int | None:
+        """Inside the write transaction: seals the changelog rows after the last group.
+
+        ``strictly_later``: stamp it at least 1 µs after the last group, so that a target
+        time can fall between the rows before a schema change and the change itself.
+        """
+        last = conn.execute(
+            f"SELECT upto_seq, sealed_at_us FROM {GROUPS} ORDER BY gid DESC LIMIT 1"
+        ).fetchone()
+        top = conn.execute(f"SELECT max(seq) FROM {CHANGELOG}").fetchone()[0]
+        if top is None or (last is not None and top <= last[0]):
+            return None
+        # commit_ts must not go backwards, or a target time would fall inside the
+        # order of transactions; a clock step back reuses the previous stamp.
+        sealed_at = max(self._clock(), last[1] + strictly_later if last is not None else 0)
+        cursor = conn.execute(
+            f"INSERT INTO {GROUPS}(upto_seq, sealed_at_us) VALUES (?, ?)", (top, sealed_at)
+        )
+        return int(cursor.lastrowid)
+
+    def migrate(self, script: str) -> int:
+        """Runs an application's migration ``script`` in one write transaction and follows it.
+
+        For what SQLite refuses while our triggers exist: ``ALTER TABLE ... DROP COLUMN``
+        fails for a column a trigger names.  A statement failing so gets the triggers of
+        that table rewritten with NULL for the column, then runs again.  The running
+        capture then follows the migration as any other at its next seal: it reads the
+        NULL as a dropped column, and the rows written in between carry NULL for it,
+        which the mirror drops right after.  Returns the number of statements run.
+        Raises SourceError for a statement that fails otherwise (nothing of the script
+        is then applied) or a database where capture is not installed.
+        """
+        statements = _split_script(script)
         with self._write_tx() as conn:
-            last = conn.execute(
-                f"SELECT upto_seq, sealed_at_us FROM {GROUPS} ORDER BY gid DESC LIMIT 1"
-            ).fetchone()
-            # Checked under the write lock, so no DDL can slip in between the check and
-            # the seal: every sealed group was written with the columns we captured.
-            self._check_schema(conn)
-            top = conn.execute(f"SELECT max(seq) FROM {CHANGELOG}").fetchone()[0]
-            if top is None or (last is not None and top <= last[0]):
-                return None
-            # commit_ts must not go backwards, or a target time would fall inside the
-            # order of transactions; a clock step back reuses the previous stamp.
-            sealed_at = max(self._clock(), last[1] if last is not None else 0)
-            cursor = conn.execute(
-                f"INSERT INTO {GROUPS}(upto_seq, sealed_at_us) VALUES (?, ?)", (top, sealed_at)
-            )
-            return int(cursor.lastrowid)
+            installed = self._installed(conn)
+            for number, statement in enumerate(statements, 1):
+                self._run_migration_statement(conn, installed, statement, number)
+        return len(statements)
+
+    def _run_migration_statement(self, conn: sqlite3.Connection, installed: list[Layout], statement: str,
+                                 number: int) -> None:
+        for _ in range(4 * max((layout.width for layout in installed), default=1) + 1):
+            try:
+                conn.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                blocked = _BLOCKED_DROP.match(str(exc))
+                layout = _layout_of_trigger(installed, blocked.group(1)) if blocked else None
+                if layout is None:
+                    raise SourceError(f"migration statement {number} failed on {self.path}: {exc} "
+                                      "(nothing of the migration was applied)",
+                                      hint="fix the statement and run the migration again") from exc
+                self._release_column(conn, layout, blocked.group(2))
+        raise SourceError(f"migration statement {number} kept failing on {self.path}")
+
+    def _release_column(self, conn: sqlite3.Connection, layout: Layout, column: str) -> None:
+        """Rewrites ``layout``'s triggers with NULL where they name ``column`` (see migrate)."""
+        view = sqlite_ddl.trigger_view(conn, layout.trigger_names()["I"], layout.id, layout.width)
+        names = list(view.names if view is not None else layout.columns)
+        names = [None if name is not None and name.lower() == column.lower() else name for name in names]
+        for op, name in layout.trigger_names().items():
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(name)}")
+            conn.execute(_trigger_sql(layout, op, name, names,
+                                      table=view.table if view is not None else layout.table))
 
     def transactions_after(self, position: int, limit_groups: int) -> list[SourceTransaction]:
         """The sealed groups with ``upto_seq > position``, oldest first, at most ``limit_groups``.
@@ -503,6 +600,10 @@ class SqliteSource:
             if (row[3], op) != last_key:
                 last_key = (row[3], op)
                 layout = self._layout_cache.get(row[3]) or self._load_layout(conn, row[3])
+                if op in _MARKS:  # a schema change or a truncate written by _follow: no rows
+                    changes.append(self._mark(layout, op, row[start]))
+                    last_key = None
+                    continue
                 batch = TableChanges(layout.event_table, _OPS[op], list(layout.columns), list(layout.key))
                 changes.append(batch)
                 append = batch.rows.append
@@ -514,6 +615,13 @@ class SqliteSource:
             else:
                 append(Row(list(row[start:end]), None))
         return transactions
+
+    @staticmethod
+    def _mark(layout: Layout, op: str, value: object) -> TableChanges:
+        if op == _DDL_MARK:
+            return TableChanges(layout.event_table, Op.DDL, list(layout.columns), list(layout.key), [],
+                                Ddl.from_json(str(value)))
+        return TableChanges(layout.event_table, Op.TRUNCATE, [], [], [])
 
     def _load_layout(self, conn: sqlite3.Connection, layout_id: str) -> Layout:
         """Raises SourceError if the changelog names a layout we never recorded."""
@@ -545,14 +653,193 @@ class SqliteSource:
 
     # -- schema changes -------------------------------------------------------------------
 
-    def _check_schema(self, conn: sqlite3.Connection) -> None:
-        """Inside a transaction: raises SchemaChangedError if the captured tables are no
-        longer what ``install()`` made triggers for.  Costs one PRAGMA while no DDL ran."""
+    def _schema_changes(self, conn: sqlite3.Connection) -> list[_Change]:
+        """Inside the write transaction: how the captured tables changed since their
+        triggers were made ([] when they did not).  Costs one PRAGMA while no DDL ran.
+
+        Raises SchemaChangedError for a change that cannot be followed: a changed primary
+        key, or a table that can no longer be captured (no key, a clash of names).
+        """
         version = _schema_version(conn)
         if version == self._schema_version:
+            return []
+        changes = self._find_changes(conn)
+        if not changes:
+            self._schema_version = version  # an index, another's trigger: nothing we capture
+        return changes
+
+    def _find_changes(self, conn: sqlite3.Connection) -> list[_Change]:
+        kinds = _table_kinds(conn)
+        by_lower = {name.lower(): name for name, kind in kinds.items() if kind == "table"}
+        claimed: set[str] = set()
+        changes: list[_Change] = []
+        for layout in self._captured:
+            change = self._table_change(conn, kinds, by_lower, claimed, layout)
+            if change is not None:
+                changes.append(change)
+        for name in self._new_tables(by_lower, claimed):
+            new = self._followed_layout(conn, kinds, name)
+            definition = sqlite_ddl.table_definition(conn, new.table, new.columns, new.key)
+            statement = sqlite_ddl.create_statement(conn, new.table)
+            changes.append(_Change(None, new, _WHOLE, sqlite_ddl.create_ddl(new.event_table, definition, statement)))
+        return changes + self._index_changes(conn, changes)
+
+    def _index_changes(self, conn: sqlite3.Connection, changes: list[_Change]) -> list[_Change]:
+        """CREATE and DROP INDEX on the captured tables, after their other changes."""
+        if self._indexes is None:
+            return []
+        changed = {change.old.id: change for change in changes if change.old is not None}
+        result = []
+        for layout in [c.new for c in changes if c.old is None and c.new is not None] + self._captured:
+            change = changed.get(layout.id)
+            if change is not None and change.new is None:
+                continue  # dropped: its indexes went with it
+            now = change.new if change is not None else layout
+            assert now is not None
+            recreated = change is not None and change.mode == _WHOLE_AGAIN
+            before = {} if recreated or layout.id not in self._indexes else self._indexes[layout.id]
+            current = sqlite_ddl.indexes(conn, now.table)
+            definition = sqlite_ddl.table_definition(conn, now.table, now.columns, now.key)
+            for ddl in sqlite_ddl.index_ddls(now.event_table, before, current, definition):
+                result.append(_Change(now, now, _SCHEMA_ONLY, ddl))
+        return result
+
+    def _read_indexes(self, conn: sqlite3.Connection) -> dict[str, dict[str, sqlite_ddl.Index]]:
+        return {layout.id: sqlite_ddl.indexes(conn, layout.table) for layout in self._captured}
+
+    def _table_change(self, conn: sqlite3.Connection, kinds: dict[str, str], by_lower: dict[str, str],
+                      claimed: set[str], layout: Layout) -> _Change | None:
+        """How one captured table changed, or None; adds the table it is now to ``claimed``."""
+        names = layout.trigger_names()
+        view = sqlite_ddl.trigger_view(conn, names["I"], layout.id, layout.width)
+        present = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name IN (?, ?, ?)", tuple(names.values()))}
+        if view is not None and len(present) == 3:
+            # The triggers went with the table through renames: follow them.
+            claimed.add(view.table.lower())
+            new = self._followed_layout(conn, kinds, view.table)
+            if new == layout:
+                return None
+            renames = sqlite_ddl.renames(layout.columns, view)
+            if tuple(renames.get(k, k) for k in layout.key) != new.key:
+                raise self._unfollowable(f'table "{layout.table}" changed its primary key from '
+                                         f'({", ".join(layout.key)}) to ({", ".join(new.key)})')
+            definition = sqlite_ddl.table_definition(conn, new.table, new.columns, new.key)
+            ddl = sqlite_ddl.alter_ddl(layout.event_table, new.event_table, layout.columns, definition, renames,
+                                       sqlite_ddl.create_statement(conn, new.table))
+            return _Change(layout, new, _TOUCHED, ddl)
+        table = by_lower.get(layout.table.lower())
+        if table is None or table.lower() in claimed:
+            return _Change(layout, None, _DROPPED, sqlite_ddl.drop_ddl(layout.event_table, layout.table))
+        # Re-created without our triggers (SQLite's 12-step ALTER, DROP and CREATE): what
+        # happened to it since the last seal is unknown, so it is published whole.
+        claimed.add(table.lower())
+        new = self._followed_layout(conn, kinds, table)
+        if new.key != layout.key:
+            raise self._unfollowable(f'table "{layout.table}" was re-created with primary key '
+                                     f'({", ".join(new.key)}) instead of ({", ".join(layout.key)})')
+        definition = sqlite_ddl.table_definition(conn, new.table, new.columns, new.key)
+        ddl = sqlite_ddl.alter_ddl(layout.event_table, new.event_table, layout.columns, definition, {},
+                                   sqlite_ddl.create_statement(conn, new.table))
+        return _Change(layout, new, _WHOLE_AGAIN, ddl)
+
+    def _new_tables(self, by_lower: dict[str, str], claimed: set[str]) -> list[str]:
+        """Tables to capture that no captured layout accounts for: created since."""
+        if self._requested is None:
+            wanted = [name for name in by_lower.values() if not _internal(name)]
+        else:
+            wanted = [by_lower[name.lower()] for name in self._requested if name.lower() in by_lower]
+        return sorted(name for name in wanted if name.lower() not in claimed)
+
+    def _followed_layout(self, conn: sqlite3.Connection, kinds: dict[str, str], table: str) -> Layout:
+        try:
+            return self._layout(conn, kinds, table)
+        except SourceError as exc:
+            raise self._unfollowable(str(exc)) from exc
+
+    def _unfollowable(self, what: str) -> SchemaChangedError:
+        return SchemaChangedError(
+            f"the schema of {self.path} changed in a way capture cannot follow: {what}; "
+            "capture stopped before publishing any change made after that", hint=_REINITIALISE)
+
+    def _follow(self, conn: sqlite3.Connection, changes: list[_Change]) -> int | None:
+        """Inside the write transaction: publishes ``changes`` in order and rebuilds the triggers.
+
+        The rows sealed so far were written with the old columns: they are sealed first
+        as they are.  Then, as one more group, each schema change followed by the rows
+        that make the mirror exact at this instant (we hold the write lock, so the
+        tables are as the application committed them): the current image of every row
+        the last group touched (its rows written after the DDL had the old columns), or
+        the whole table where the triggers were gone.  Returns the last gid.
+        """
+        last = conn.execute(f"SELECT upto_seq FROM {GROUPS} ORDER BY gid DESC LIMIT 1").fetchone()
+        since = last[0] if last is not None else 0  # rows after it may have been written after the DDL
+        self._seal_group(conn)
+        top = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {CHANGELOG}").fetchone()[0]
+        captured = {layout.id: layout for layout in self._captured}
+        for change in changes:
+            if change.old is not None:
+                captured.pop(change.old.id, None)
+            if change.new is not None:
+                captured[change.new.id] = change.new
+        self._captured = list(captured.values())
+        check_distinct([layout.event_table for layout in self._captured], self.path)
+        self._create_bookkeeping(conn)
+        self._widen_changelog(conn, 2 * max((layout.width for layout in self._captured), default=1))
+        self._sync_triggers(conn)  # records the new layouts before the marks name them
+        for change in changes:
+            self._write_change(conn, change, since, top)
+        gid = self._seal_group(conn, strictly_later=True)
+        self._schema_version = _schema_version(conn)
+        self._indexes = self._read_indexes(conn)
+        return gid
+
+    def _write_change(self, conn: sqlite3.Connection, change: _Change, since: int, top: int) -> None:
+        layout = change.new or change.old
+        assert layout is not None
+        conn.execute(f"INSERT INTO {CHANGELOG}(tbl, op, layout, v0) VALUES (?, ?, ?, ?)",
+                     (layout.table, _DDL_MARK, layout.id, change.ddl.to_json()))
+        if change.new is None or change.mode == _SCHEMA_ONLY:
             return
-        self._check_unchanged(conn, self._captured, "while capture ran")
-        self._schema_version = version  # an index, another's trigger: nothing we capture
+        new = change.new
+        targets = ", ".join(f"v{i}" for i in range(new.width))
+        insert = f"INSERT INTO {CHANGELOG}(tbl, op, layout, {targets}) "
+        columns = ", ".join(quote_ident(c) for c in new.columns)
+        if change.mode == _TOUCHED:
+            assert change.old is not None
+            where = " AND ".join(f"{quote_ident(k)} IS ?" for k in new.key)
+            select = f"SELECT {columns} FROM {quote_ident(new.table)} WHERE {where}"
+            for key in self._touched_keys(conn, change.old, since, top):
+                found = conn.execute(select, key).fetchone()
+                if found is not None:
+                    conn.execute(insert + f"VALUES (?, 'I', ?, {', '.join('?' * new.width)})",
+                                 (new.table, new.id, *found))
+                else:  # deleted since: a delete by key (the other columns are not known)
+                    image = [None] * new.width
+                    for value, name in zip(key, new.key):
+                        image[new.columns.index(name)] = value
+                    conn.execute(insert + f"VALUES (?, 'D', ?, {', '.join('?' * new.width)})",
+                                 (new.table, new.id, *image))
+            return
+        if change.mode == _WHOLE_AGAIN:
+            conn.execute(f"INSERT INTO {CHANGELOG}(tbl, op, layout) VALUES (?, ?, ?)",
+                         (new.table, _TRUNCATE_MARK, new.id))
+        conn.execute(insert + f"SELECT ?, 'I', ?, {columns} FROM {quote_ident(new.table)}", (new.table, new.id))
+
+    def _touched_keys(self, conn: sqlite3.Connection, old: Layout, since: int, top: int) -> list[tuple]:
+        """The keys (old positions) of the rows of ``old`` in the changelog rows (since, top]."""
+        positions = [old.columns.index(k) for k in old.key]
+        width = old.width
+        before = ", ".join(f"v{p}" for p in positions)
+        after = ", ".join(f"v{width + p}" for p in positions)
+        keys: dict[tuple, None] = {}
+        for row in conn.execute(f"SELECT op, {before}, {after} FROM {CHANGELOG} "
+                                "WHERE layout = ? AND seq > ? AND seq <= ? AND op IN ('I', 'U', 'D') ORDER BY seq", (old.id, since, top)):
+            n = len(positions)
+            keys[tuple(row[1:1 + n])] = None
+            if row[0] == "U":
+                keys[tuple(row[1 + n:])] = None
+        return list(keys)
 
     def _check_unchanged(
         self, conn: sqlite3.Connection, installed: list[Layout], when: str, hint: str | None = None
@@ -693,24 +980,54 @@ class Snapshot:
 # -- helpers ------------------------------------------------------------------------
 
 
-def _trigger_sql(layout: Layout, op: str, name: str) -> str:
-    """CREATE TRIGGER appending one changelog row per row change of ``layout.table``."""
+def _trigger_sql(layout: Layout, op: str, name: str, names: list[str | None] | None = None,
+                 table: str | None = None) -> str:
+    """CREATE TRIGGER appending one changelog row per row change of ``layout.table``.
+
+    ``names``: the columns' current names, None for a column released by ``migrate``
+    (recorded as NULL); ``table``: the table's current name.
+    """
     event = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[op]
     images = {"I": ["NEW"], "U": ["OLD", "NEW"], "D": ["OLD"]}[op]
-    values = [f"{image}.{quote_ident(c)}" for image in images for c in layout.columns]
+    columns = names if names is not None else list(layout.columns)
+    values = [f"{image}.{quote_ident(c)}" if c is not None else "NULL" for image in images for c in columns]
     targets = ", ".join(f"v{i}" for i in range(len(values)))
     return (
-        f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {quote_ident(layout.table)} "
+        f"CREATE TRIGGER {quote_ident(name)} AFTER {event} ON {quote_ident(table or layout.table)} "
         f"BEGIN INSERT INTO {CHANGELOG}(tbl, op, layout, {targets}) VALUES ("
         f"{quote_text(layout.table)}, '{op}', '{layout.id}', {', '.join(values)}); END"
     )
 
 
 _REINITIALISE = (
-    "schema changes do not travel through the funnel yet, so re-initialise: capture into a new "
+    "a mirror cannot follow this schema change in place, so re-initialise: capture into a new "
     "funnel (`funnel create NEW`, then `funnel capture ... --funnel NEW`) and apply it to a new, "
     "empty mirror; the old mirror stays valid up to the change"
 )
+
+
+# SQLite's refusal of DROP COLUMN on a column one of our triggers names.
+_BLOCKED_DROP = re.compile(r"error in trigger (_timefunnel_[a-z]_[0-9a-f]+) after drop column: "
+                           r"no such column: (?:NEW|OLD)\.(.+)$")
+
+
+def _layout_of_trigger(layouts: list[Layout], trigger: str) -> Layout | None:
+    layout_id = trigger.rsplit("_", 1)[-1]
+    return next((layout for layout in layouts if layout.id == layout_id), None)
+
+
+def _split_script(script: str) -> list[str]:
+    """The complete SQL statements of ``script``, in order (semicolons inside literals kept)."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \t\r\n;"):
+        statements.append(current.strip().rstrip(";"))
+    return statements
 
 
 def _describe_change(old: Layout, new: Layout) -> str:

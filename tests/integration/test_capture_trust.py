@@ -55,20 +55,19 @@ def error_lines(output: str) -> tuple[str, str]:
     return errors[0], hints[0]
 
 
-# -- 2b: a schema change stops the capture before anything wrong is published ------------
+# -- 2b: a schema change capture cannot follow stops it before anything wrong is published --
 
 
 @pytest.mark.parametrize(
     ("ddl", "after", "message"),
     [
-        ("ALTER TABLE orders ADD COLUMN price REAL", "INSERT INTO orders VALUES (2, 'cake', 1, 2.5)",
-         'table "orders" changed its columns from (id, item, qty) to (id, item, qty, price)'),
-        ("ALTER TABLE orders RENAME COLUMN qty TO amount", "INSERT INTO orders VALUES (2, 'cake', 1)",
-         'table "orders" changed its columns from (id, item, qty) to (id, item, amount)'),
-        ("CREATE TABLE coupons (code TEXT PRIMARY KEY)", "INSERT INTO coupons VALUES ('cake')",
-         'table "coupons" is new to the capture'),
+        # Capture follows migrations (test_sqlite_follow.py), except what a mirror cannot follow in place.
+        ("CREATE TABLE o2 (id INTEGER, item TEXT, qty INTEGER, PRIMARY KEY (id, item)); "
+         "INSERT INTO o2 SELECT * FROM orders; DROP TABLE orders; ALTER TABLE o2 RENAME TO orders",
+         "INSERT INTO orders VALUES (2, 'cake', 1)", 'table "orders" was re-created with primary key (id, item)'),
+        ("CREATE TABLE notes (body TEXT)", "INSERT INTO notes VALUES ('cake')", 'table "notes" in'),
     ],
-    ids=["add-column", "rename-column", "new-table"],
+    ids=["key-change", "new-table-without-key"],
 )
 def test_a_schema_change_stops_capture_before_anything_wrong_is_published(
         bootstrap, funnel_name, procs, tmp_path, ddl, after, message):
@@ -80,7 +79,7 @@ def test_a_schema_change_stops_capture_before_anything_wrong_is_published(
     wait_for(lambda: ("orders", ["id", "item", "qty"], [1, "tea", 2]) in funnel_rows(bootstrap, funnel_name),
              WAIT_S, interval=0.3, what="the row before the schema change in the funnel")
 
-    write(prod, ddl)
+    write(prod, *ddl.split("; "))
     write(prod, after)  # the changelog holds it with the columns from before the change
     wait_for(lambda: not capture.alive(), WAIT_S, what="the capture to stop")
     assert capture.stop() == 1

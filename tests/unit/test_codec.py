@@ -16,6 +16,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 import schemas
 from funnel import codec as codec_module
 from funnel.codec import HEADER_SIZE, MAGIC, EventCodec, record_of
+from funnel.ddl import ADD_COLUMN, RENAME_COLUMN, Action, ColumnDef, Ddl, TableDef
 from funnel.errors import CodecError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 
@@ -59,6 +60,7 @@ OP_ROWS = {
     Op.UPDATE: [Row(image(4), image(5)), Row(image(6), image(7))],
     Op.DELETE: [Row(image(8), None)],
     Op.TRUNCATE: [],
+    Op.DDL: [],
 }
 
 
@@ -355,6 +357,7 @@ def test_reads_arrays_written_in_several_blocks() -> None:
         + long(2) + text("a") + text("b") + long(0)  # columns
         + long(1) + text("a") + long(0)  # key
         + long(-1) + long(len(row)) + row + long(1) + row + long(0)  # two rows, two blocks
+        + long(0)  # ddl: null
         + long(0)  # end of changes
     )
     decoded = CODEC.decode(MAGIC + CODEC.fingerprint + body)
@@ -528,3 +531,56 @@ def test_garbage_bodies_raise_only_codec_error() -> None:
         except CodecError:
             continue
         assert isinstance(decoded, ChangeBatch)  # a few random bodies are valid batches
+
+
+# --- schema changes (change_batch v2) ---------------------------------------------------
+
+DDL_EVENT = Ddl(
+    tag="ALTER TABLE", statement='ALTER TABLE orders ADD COLUMN "note" TEXT', object="public.orders",
+    actions=(Action(ADD_COLUMN, "note", column=ColumnDef("note", "text")),
+             Action(RENAME_COLUMN, "name", to="title")),
+    definition=TableDef((ColumnDef("id", "integer", nullable=False), ColumnDef("title", "text"),
+                         ColumnDef("note", "text", default="'x'")), ("id",)),
+)
+
+
+def test_ddl_group_round_trips_with_its_definition() -> None:
+    ddl_group = TableChanges("public.orders", Op.DDL, ["id", "title", "note"], ["id"], [], DDL_EVENT)
+    batch = make_batch(group(Op.INSERT, [Row(None, image(1))]), ddl_group,
+                       TableChanges("public.orders", Op.INSERT, ["id", "title", "note"], ["id"], [Row(None, [2, "b", None])]))
+    decoded = round_trip(batch)
+    assert decoded == batch
+    assert decoded.changes[1].ddl == DDL_EVENT and decoded.changes[0].ddl is None
+
+
+def test_fast_coder_matches_fastavro_for_a_ddl_group() -> None:
+    ddl_group = TableChanges("public.orders", Op.DDL, ["id"], ["id"], [], DDL_EVENT)
+    record = record_of(make_batch(ddl_group))
+    record["changes"][0]["ddl"] = DDL_EVENT.to_json()
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, parse_schema(codec_module._strip_logical_types(current_schema())), record)
+    assert CODEC.encode(make_batch(ddl_group))[HEADER_SIZE:] == out.getvalue()
+
+
+def test_v1_messages_still_decode_without_ddl() -> None:
+    v1 = next(schema for version, schema in schemas.versions("change_batch") if version == 1)
+    codec = EventCodec()
+    batch = make_batch(group(Op.UPDATE, OP_ROWS[Op.UPDATE]), group(Op.TRUNCATE, []))
+    record = record_of(batch)
+    for g in record["changes"]:
+        g.pop("ddl", None)
+    parsed = parse_schema(codec_module._strip_logical_types(copy.deepcopy(v1)))
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, parsed, record)
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+    assert fp != codec.fingerprint and fp in codec.known_fingerprints
+    decoded = codec.decode(MAGIC + fp + out.getvalue())
+    assert decoded == batch
+    assert all(g.ddl is None for g in decoded.changes)
+
+
+def test_malformed_ddl_text_raises_codec_error() -> None:
+    good = CODEC.encode(make_batch(TableChanges("t", Op.DDL, [], [], [], Ddl("DROP TABLE", "", "t"))))
+    bad = good.replace(b'"tag"', b'"tax"')
+    with pytest.raises(CodecError, match="DDL"):
+        CODEC.decode(bad)
