@@ -23,8 +23,12 @@ test-deps:
 	scripts/install-test-deps
 
 # pytest exit code 5 means "no tests collected": that is a failure here, not a pass.
+# The tests mostly wait (delays, polls, process startups), so they run in TEST_WORKERS
+# pytest-xdist workers, each with its own broker and PostgreSQL (TEST_WORKERS=0: serial).
+# --dist loadfile keeps a file's tests on one worker: they share module fixtures.
+TEST_WORKERS ?= 2
 test: test-deps venv
-	$(BIN)/pytest -v --durations=15; rc=$$?; \
+	$(BIN)/pytest -v --durations=15 -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 unit: test-deps venv

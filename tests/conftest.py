@@ -5,6 +5,9 @@ Kafka: ``FUNNEL_TEST_BOOTSTRAP`` if set; else testcontainers' Kafka module if
 Apache Kafka (``funnel.broker.LocalBroker``) in a temporary state directory.
 PostgreSQL: ``FUNNEL_TEST_POSTGRES`` (a URL) if set; else a private server started
 from the installed binaries (``tests/support/pgserver.py``).
+
+Under pytest-xdist (``make test`` runs ``-n``) "session" means one worker: each worker
+starts its own broker and PostgreSQL on free ports in its own temporary directories.
 """
 from __future__ import annotations
 
@@ -102,6 +105,39 @@ def postgres_url() -> str:
         yield server.url
     finally:
         server.stop()
+
+
+def _local_broker_wanted() -> bool:
+    return not os.environ.get("FUNNEL_TEST_BOOTSTRAP") and os.environ.get("FUNNEL_TEST_BROKER") != "testcontainers"
+
+
+def pytest_configure(config) -> None:
+    # Under xdist the workers start their brokers at the same moment: on a fresh machine
+    # two Maven downloads into one cache directory could hand a worker half-written jars.
+    # The controller (which runs no tests) fills the cache once before it starts them.
+    is_controller = not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None)
+    if is_controller and _local_broker_wanted():
+        from funnel.broker import resolve_jars
+        from funnel.errors import BrokerError
+
+        try:
+            resolve_jars()
+        except BrokerError:
+            pass  # each worker's broker fixture then reports the same error on its tests
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session) -> None:
+    # An xdist worker's terminal output is discarded: hand its banner to the controller.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["timefunnel_banner"] = list(_banner)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    worker = node.gateway.id
+    _banner.extend(f"[{worker}] {line}" for line in getattr(node, "workeroutput", {}).get("timefunnel_banner", []))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -125,6 +125,13 @@ class Shop:
         return {table: as_text(self.url, table) for table in ("customers", "orders", "items", "tickets")}
 
 
+def slot_consistent(url: str) -> bool:
+    """Whether a logical slot on this database has found its consistent point (changes after it stream)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() "
+                            "AND confirmed_flush_lsn IS NOT NULL").fetchone()[0] > 0
+
+
 def test_disaster_drill_on_postgresql(bootstrap, funnel_name, pg_databases, procs, tmp_path):
     prod, mirror = pg_databases
     for url in (prod, mirror):  # the operator creates the mirror's schema from production's (pg_dump -s)
@@ -134,6 +141,9 @@ def test_disaster_drill_on_postgresql(bootstrap, funnel_name, pg_databases, proc
     shop.thread.start()
     start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name)
     start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "pg", "--delay", "10s")
+    # A DELETE before the capture's slot is consistent would only shrink its initial copy: on a
+    # loaded machine the capture's start can take longer than the sleep below.
+    wait_for(lambda: slot_consistent(prod), 60, 0.2, "the capture's replication slot")
     time.sleep(random.uniform(3, 5))
     with shop.lock:  # between two application transactions: what production held just before the error
         before_error = shop.contents()
@@ -146,10 +156,17 @@ def test_disaster_drill_on_postgresql(bootstrap, funnel_name, pg_databases, proc
     before_error_tickets = before_error["tickets"]
     assert before_error_tickets
 
-    found = run_funnel(bootstrap, "inspect", "--funnel", funnel_name, "--op", "delete", "--table", "orders",
-                       "--json")
-    assert found.returncode == 0, found.stderr
-    bad = json.loads(found.stdout)["transactions"]
+    bad: list = []
+
+    def delete_published() -> bool:
+        found = run_funnel(bootstrap, "inspect", "--funnel", funnel_name, "--op", "delete", "--table", "orders",
+                           "--json")
+        assert found.returncode == 0, found.stderr
+        bad[:] = json.loads(found.stdout)["transactions"]
+        return bool(bad)
+
+    # On a loaded machine the capture may publish the DELETE later than the 2 s above.
+    wait_for(delete_published, 60, 0.5, "the capture to publish the DELETE")
     assert len(bad) == 1 and bad[0]["rows"] == deleted, "PostgreSQL gives the DELETE a transaction of its own"
     hook_env = tmp_path / "hook.env"
     promoted = run_funnel(bootstrap, "promote", "pg", "--funnel", funnel_name, "--at", bad[0]["commit_ts"],
