@@ -23,7 +23,10 @@ Mirror tables
 
 So a SQLite source always gets one mirror table per production table.  A PostgreSQL
 source may not (``public.sales_orders`` and ``sales.orders``, or ``public.T`` and
-``public.t``, are one SQLite mirror table): ``check_distinct`` refuses such pairs.
+``public.t``, are one SQLite mirror table): ``check_distinct`` refuses such pairs.  A
+PostgreSQL schema whose name holds a dot cannot be named at all (``"a.b".c`` would be read
+back as table ``b.c`` of schema ``a``, the name of table ``a."b.c"``): ``check_schemas``
+refuses it.
 """
 from __future__ import annotations
 
@@ -57,6 +60,18 @@ def postgres_mirror_name(event_table: str) -> tuple[str, str]:
     if not dot:
         return POSTGRES_DEFAULT_SCHEMA, event_table
     return schema, table
+
+
+def check_schemas(schemas: Sequence[str], where: str) -> None:
+    """Raises SourceError for the first schema whose name an event could not keep apart."""
+    for schema in schemas:
+        if "." in schema:
+            raise SourceError(
+                f'schema "{schema}" of {where} has a dot in its name: events name a table '
+                f'"schema.table", so its tables would be mirrored into schema "{schema.partition(".")[0]}"',
+                hint="rename the schema (ALTER SCHEMA ... RENAME TO), or leave its tables out of the capture "
+                     "(name the tables with --table)",
+            )
 
 
 def check_distinct(event_tables: Sequence[str], where: str) -> None:
