@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from applier.applier import Applier, ApplierOptions, Command
-from applier.pointintime import PointInTimeError, Plan, Target, make_plan
+from applier.pointintime import PointInTimeError, Plan, Target, make_plan, refuse_if_promoted
 from applier.sinks import has_mirror_state, open_sink
 from applier.transaction import MirrorPosition
 from funnel.clock import now_us
@@ -89,12 +89,24 @@ def find_mirror(kafka: KafkaSettings, funnel: str, mirror: str, sink_url: str | 
     if sink_url and not handle.running:
         check_sink(sink_url, funnel)  # the caller is about to open the sink and write to it
     if not handle.running and not sink_url:
-        if handle.status is None:
-            raise TimeFunnelError(f"unknown mirror {mirror!r} on funnel {funnel!r}",
-                                  hint="check the mirror id (funnel status), or pass --sink URL of a stopped mirror")
-        raise TimeFunnelError(f"mirror {mirror!r} is not running",
-                              hint="pass --sink URL so that this command applies to the mirror itself")
+        refuse_without_sink(mirror, funnel, handle.status)
     return handle
+
+
+def refuse_without_sink(mirror: str, funnel: str, status: MirrorStatus | None) -> None:
+    """Raises the reason a mirror whose applier does not run cannot be reached without --sink.
+
+    A promoted mirror is refused as promoted first: a --sink would only lead to that refusal.
+    """
+    if status is None:
+        raise TimeFunnelError(f"unknown mirror {mirror!r} on funnel {funnel!r}",
+                              hint="check the mirror id (funnel status), or pass --sink URL of a stopped mirror")
+    if status.promoted:
+        refuse_if_promoted(MirrorPosition(funnel, mirror, funnel, 0, status.next_offset,
+                                          promoted_at=status.promoted_at or status.updated_at,
+                                          promote_target=status.promote_target))
+    raise TimeFunnelError(f"mirror {mirror!r} is not running",
+                          hint="pass --sink URL so that this command applies to the mirror itself")
 
 
 def plan_for(handle: MirrorHandle, target: Target) -> Plan:

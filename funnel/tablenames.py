@@ -23,7 +23,11 @@ Mirror tables
 
 So a SQLite source always gets one mirror table per production table.  A PostgreSQL
 source may not (``public.sales_orders`` and ``sales.orders``, or ``public.T`` and
-``public.t``, are one SQLite mirror table): ``check_distinct`` refuses such pairs.
+``public.t``, are one SQLite mirror table), and a PostgreSQL mirror keeps only the first
+63 bytes of a name (two long SQLite names may share them): ``check_distinct`` refuses such pairs.  A
+PostgreSQL schema whose name holds a dot cannot be named at all (``"a.b".c`` would be read
+back as table ``b.c`` of schema ``a``, the name of table ``a."b.c"``): ``check_schemas``
+refuses it.
 """
 from __future__ import annotations
 
@@ -59,6 +63,18 @@ def postgres_mirror_name(event_table: str) -> tuple[str, str]:
     return schema, table
 
 
+def check_schemas(schemas: Sequence[str], where: str) -> None:
+    """Raises SourceError for the first schema whose name an event could not keep apart."""
+    for schema in schemas:
+        if "." in schema:
+            raise SourceError(
+                f'schema "{schema}" of {where} has a dot in its name: events name a table '
+                f'"schema.table", so its tables would be mirrored into schema "{schema.partition(".")[0]}"',
+                hint="rename the schema (ALTER SCHEMA ... RENAME TO), or leave its tables out of the capture "
+                     "(name the tables with --table)",
+            )
+
+
 def check_distinct(event_tables: Sequence[str], where: str) -> None:
     """Raises SourceError naming the first two tables that a SQLite mirror would merge.
 
@@ -67,6 +83,7 @@ def check_distinct(event_tables: Sequence[str], where: str) -> None:
     name apart, so the SQLite mirror's rule is the stricter one.
     """
     seen: dict[str, str] = {}
+    seen_pg: dict[tuple[str, str], str] = {}
     for name in event_tables:
         mirror = sqlite_mirror_name(name)
         other = seen.setdefault(mirror.lower(), name)  # SQLite ignores case in table names
@@ -74,5 +91,23 @@ def check_distinct(event_tables: Sequence[str], where: str) -> None:
             raise SourceError(
                 f'tables "{other}" and "{name}" of {where} would both be mirrored as SQLite '
                 f'table "{mirror}": their rows would merge',
-                hint="rename one of them, or leave one out of the capture (name the tables with --table)",
+                hint=_DISTINCT_HINT,
             )
+        schema, table = postgres_mirror_name(name)
+        other = seen_pg.setdefault((schema, postgres_identifier(table)), name)
+        if other != name:
+            raise SourceError(
+                f'tables "{other}" and "{name}" of {where} would both be mirrored as PostgreSQL table '
+                f'"{schema}"."{postgres_identifier(table)}" (PostgreSQL keeps the first {PG_NAME_BYTES} '
+                f"bytes of a name): their rows would merge",
+                hint=_DISTINCT_HINT,
+            )
+
+
+_DISTINCT_HINT = "rename one of them, or leave one out of the capture (name the tables with --table)"
+PG_NAME_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer identifiers silently
+
+
+def postgres_identifier(name: str) -> str:
+    """``name`` as PostgreSQL keeps it: its first 63 bytes, cut at a character boundary."""
+    return name.encode()[:PG_NAME_BYTES].decode(errors="ignore")

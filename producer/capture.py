@@ -253,7 +253,10 @@ class Capture:
                 "published_transactions": self.publisher.published_transactions,
                 "published_events": self.publisher.published_events,
                 "published_rows": self.publisher.published_rows,
-                "published_bytes": self.publisher.published_bytes, "updated_at": self.clock()}
+                "published_bytes": self.publisher.published_bytes, "updated_at": self.clock(),
+                # a PostgreSQL source's slot: `funnel apply` refuses the database holding it
+                # (producer.sources.marks), also under an operator's --slot name
+                **({"slot": self.source.slot} if isinstance(getattr(self.source, "slot", None), str) else {})}
 
     def _publish_status(self, force: bool = False) -> None:
         if self.control is None:

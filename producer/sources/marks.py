@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import pathlib
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from urllib.parse import urlsplit
 
+from funnel.control import ControlState
 from funnel.errors import SinkError
 from funnel.urls import masked_password, sqlite_path
 
@@ -24,8 +26,11 @@ _HINT = ("apply into a separate mirror database; a database that a capture reads
          "(the applied rows would be captured and applied again, forever)")
 
 
-def refuse_capture_source(url: str, funnel: str) -> None:
+def refuse_capture_source(url: str, funnel: str, slots: Iterable[str] = ()) -> None:
     """Raises SinkError if the database at ``url`` is read by a capture (of ``funnel``).
+
+    ``slots`` are the replication slots the funnel's captures reported (``capture_slots``):
+    a capture started with its own ``--slot`` leaves no ``timefunnel_<funnel>`` slot.
 
     Call it before anything is written to the mirror.  Other URL schemes pass (the sink
     refuses them itself); so does a missing SQLite file and a PostgreSQL server that
@@ -35,7 +40,13 @@ def refuse_capture_source(url: str, funnel: str) -> None:
     if scheme == "sqlite":
         _refuse_sqlite(sqlite_path(url))
     elif scheme in ("postgresql", "postgres"):
-        _refuse_postgres(url, funnel)
+        _refuse_postgres(url, funnel, slots)
+
+
+def capture_slots(control: ControlState) -> list[str]:
+    """The replication slots the funnel's PostgreSQL captures reported in their status records."""
+    return sorted({slot for capture in control.captures().values()
+                   if isinstance(slot := capture.extra.get("slot"), str)})
 
 
 def _refuse_sqlite(path: str) -> None:
@@ -64,28 +75,28 @@ def _refuse_sqlite(path: str) -> None:
         )
 
 
-def _refuse_postgres(url: str, funnel: str) -> None:
+def _refuse_postgres(url: str, funnel: str, reported_slots: Iterable[str]) -> None:
     import psycopg
 
     from producer.sources.postgres import default_publication_name, default_slot_name
 
     slot = default_slot_name(funnel)
     publication = default_publication_name(slot)
+    slots = sorted({slot, *reported_slots})
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="timefunnel-apply-check")
     except psycopg.Error:
         return  # unreachable: the sink says so, with its hint about URL and password
     try:
         with conn:
-            found = conn.execute(
-                "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s "
-                "AND database = current_database()), EXISTS (SELECT FROM pg_publication WHERE pubname = %s)",
-                (slot, publication),
-            ).fetchone()
+            held = [row[0] for row in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE slot_name = ANY(%s) "
+                "AND database = current_database() ORDER BY slot_name", (slots,))]
+            published = conn.execute("SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = %s)",
+                                     (publication,)).fetchone()[0]
     except psycopg.Error as exc:
         raise SinkError(f"cannot check that no capture reads {masked_password(url)}: {exc}") from exc
-    marks = [what for what, there in zip((f"replication slot {slot}", f"publication {publication}"), found)
-             if there]
+    marks = [f"replication slot {name}" for name in held] + ([f"publication {publication}"] if published else [])
     if marks:
         raise SinkError(
             f"{masked_password(url)} is the production that funnel {funnel!r} captures "

@@ -151,7 +151,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from funnel.clock import now_us
 from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
-from funnel.tablenames import check_distinct
+from funnel.tablenames import check_distinct, check_schemas
 from funnel.urls import masked_password
 from producer.sources.base import SourceDisconnected, SourceTransaction
 from producer.sources.pgoutput import (
@@ -474,6 +474,7 @@ class PostgresSource:
                 _check_server(self._conn)
                 oids = _table_oids(self._conn, tables, schemas)
                 self._tables = inspect_tables(self._conn, oids, replica_identity_full)
+                check_schemas([table.schema for table in self._tables], f"database {_database(self._conn)}")
                 check_distinct(self.tables, f"database {_database(self._conn)}")
                 self._check_privileges()
                 self._check_slot()

@@ -472,6 +472,7 @@ class SqliteSource:
             kinds = _table_kinds(conn)
             names = names if names is not None else self._requested
             if names is None:
+                _refuse_reserved_names(kinds, self.path)
                 names = sorted(n for n, k in kinds.items() if k == "table" and not _internal(n))
             # dict.fromkeys: "Orders" and "orders" name one table, captured once
             layouts = list(dict.fromkeys(self._layout(conn, kinds, name) for name in names))
@@ -1063,6 +1064,26 @@ def _table_kinds(conn: sqlite3.Connection) -> dict[str, str]:
 def _internal(name: str) -> bool:
     lowered = name.lower()
     return lowered.startswith("sqlite_") or lowered.startswith(PREFIX)
+
+
+# What timefunnel itself keeps in a SQLite file: the capture's bookkeeping, and the state
+# table of a mirror (a promoted mirror is the production a switchback captures).
+_OWN_TABLES = frozenset({CHANGELOG, GROUPS, LAYOUTS, CAPTURED, "_timefunnel_state"})
+
+
+def _refuse_reserved_names(kinds: dict[str, str], path: str) -> None:
+    """Raises SourceError for an application table named like timefunnel's own tables.
+
+    "Every table" leaves out timefunnel's tables by their prefix; an application's
+    ``_timefunnel_audit`` would be left out silently, so it is refused instead, by name.
+    """
+    for name, kind in sorted(kinds.items()):
+        if kind == "table" and name.lower().startswith(PREFIX) and name.lower() not in _OWN_TABLES:
+            raise SourceError(
+                f'table "{name}" in {path} is named with timefunnel\'s reserved prefix "{PREFIX}": '
+                f"capturing every table would leave it out of the mirror",
+                hint=f"rename it (ALTER TABLE ... RENAME TO), or name the tables to capture with --table",
+            )
 
 
 

@@ -15,9 +15,10 @@ import psycopg
 import pytest
 
 from funnel.codec import EventCodec
+from funnel.control import ControlChannel
 from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
-from producer.sources.marks import refuse_capture_source
+from producer.sources.marks import capture_slots, refuse_capture_source
 from producer.sources.postgres import default_slot_name
 from producer.sources.sqlite import SqliteSource
 from tests.support.processes import run_funnel, start_funnel, table_rows, wait_for
@@ -171,3 +172,25 @@ def test_apply_into_the_postgresql_database_holding_the_capture_slot_is_refused(
         tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     assert tables == ["orders"], "the refused apply created its state table"
     refuse_capture_source(url, "other")  # a mirror of another funnel may be captured itself (a chain)
+
+
+def test_apply_into_a_postgresql_production_captured_with_its_own_slot_is_refused(bootstrap, funnel_name, pg_db,
+                                                                                   procs, tmp_path):
+    # `capture --slot orders_slot`: no timefunnel_<funnel> slot marks the production, the
+    # capture's status record names the slot instead, and stays on the control topic after it stops
+    name, url = pg_db
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    capture = start_funnel(bootstrap, procs, tmp_path, "capture", url, "--funnel", funnel_name,
+                           "--slot", "orders_slot")
+    control = ControlChannel(KafkaSettings(bootstrap), funnel_name)
+    wait_for(lambda: capture_slots(control.state()) == ["orders_slot"], WAIT_S, what="the capture's status record")
+    capture.stop()
+    other_spelling = url.replace("127.0.0.1", "localhost").replace("postgresql://", "postgres://")
+    result = run_funnel(bootstrap, "apply", other_spelling, "--funnel", funnel_name, "--mirror", "m1", "--delay", "0s")
+    assert result.returncode == 1, result.stderr
+    error, _ = error_lines(result.stderr)
+    assert f"funnel {funnel_name!r} captures" in error and "replication slot orders_slot" in error
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    assert tables == ["orders"], "the refused apply created its state table"

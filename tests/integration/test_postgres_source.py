@@ -474,6 +474,17 @@ def test_tables_a_sqlite_mirror_would_merge_are_refused_naming_both(db, sources)
     open_pg(sources, db, ["sales.orders", "public.items"]).install()  # one of each pair is fine
 
 
+def test_a_schema_with_a_dot_is_refused_before_its_tables_merge(db, sources):
+    # "a.b".c and a."b.c" would both be the event table a.b.c, read back as schema a, table b.c
+    run(db, 'CREATE SCHEMA "a.b"', "CREATE SCHEMA a", 'CREATE TABLE "a.b".c (id int PRIMARY KEY)',
+        'CREATE TABLE a."b.c" (id int PRIMARY KEY)')
+    with pytest.raises(SourceError, match=r'schema "a\.b" of database \S+ has a dot in its name') as error:
+        open_pg(sources, db)
+    assert "rename the schema" in error.value.hint
+    assert created_objects(db) == (0, 0)
+    open_pg(sources, db, ['a."b.c"']).install()  # a dot in a table's name is fine
+
+
 def test_replica_identity_full_over_an_identity_index_keeps_one_key(db, sources):
     # --replica-identity-full replaces REPLICA IDENTITY USING INDEX: the definition, the
     # initial copy, the stream and a restarted capture must name the same (empty) key,

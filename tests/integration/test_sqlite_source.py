@@ -199,6 +199,20 @@ def test_refuses_uncapturable_tables_before_creating_anything(shop, tables, mess
         assert "--rowid-key" in caught.value.hint
 
 
+def test_an_application_table_with_the_reserved_prefix_is_refused_not_left_out(shop):
+    write(shop, ("CREATE TABLE _timefunnel_audit(id INTEGER PRIMARY KEY, what TEXT)", ()))
+    before = schema(shop)
+    with pytest.raises(SourceError, match='table "_timefunnel_audit" .* reserved prefix') as caught:
+        SqliteSource(shop, rowid_key=True)
+    assert "--table" in caught.value.hint
+    assert schema(shop) == before
+    source = SqliteSource(shop, ["orders"])  # leaving it out by name is the operator's choice
+    source.install()
+    source.close()
+    write(shop, ("DROP TABLE _timefunnel_audit", ()))
+    SqliteSource(shop, rowid_key=True).close()  # the capture's own tables are not the application's
+
+
 def test_missing_file_is_refused_and_not_created(tmp_path):
     path = tmp_path / "absent.db"
     with pytest.raises(SourceError, match="does not exist"):

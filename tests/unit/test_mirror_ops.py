@@ -8,7 +8,8 @@ from applier.applier import Command
 from applier.pointintime import Plan
 from dataclasses import replace
 
-from applier.mirror_ops import raise_if_gone
+from applier.mirror_ops import raise_if_gone, refuse_without_sink
+from applier.pointintime import PointInTimeError
 from funnel.cli.mirror_ops import Progress
 from funnel.errors import TimeFunnelError
 from funnel.records import MirrorStatus
@@ -44,3 +45,15 @@ def test_the_cli_tells_a_stalled_applier_from_a_busy_one() -> None:
         raise_if_gone("m1", command, replace(busy, state="stopped"), now)
     with pytest.raises(TimeFunnelError, match="has not reported for infs"):
         raise_if_gone("m1", command, None, now)
+
+
+def test_a_promoted_mirror_without_sink_is_refused_as_promoted_not_as_not_running() -> None:
+    promoted = MirrorStatus("m1", "shop", "promoted", 42, mode="promoted", promoted_at=1_800_000_000_000_000,
+                            promote_target=1_799_999_000_000_000, updated_at=1_800_000_000_000_000)
+    with pytest.raises(PointInTimeError, match="mirror 'm1' was promoted at 2027-01-15T08:00:00") as refused:
+        refuse_without_sink("m1", "shop", promoted)
+    assert "switchback" in refused.value.hint and "--sink" not in refused.value.hint
+    with pytest.raises(TimeFunnelError, match="mirror 'm1' is not running"):
+        refuse_without_sink("m1", "shop", replace(promoted, state="stopped", mode="running", promoted_at=None))
+    with pytest.raises(TimeFunnelError, match="unknown mirror 'm1'"):
+        refuse_without_sink("m1", "shop", None)

@@ -5,7 +5,7 @@ import pytest
 
 from applier.sinks import postgres_sql, sqlite_sql
 from funnel.errors import SourceError
-from funnel.tablenames import check_distinct, sqlite_event_name
+from funnel.tablenames import check_distinct, postgres_identifier, sqlite_event_name
 
 
 def test_sqlite_tables_keep_distinct_names_on_both_mirrors():
@@ -33,3 +33,13 @@ def test_tables_a_sqlite_mirror_would_merge_are_refused_naming_both(tables, mirr
     message = str(caught.value)
     assert all(f'"{t}"' in message for t in tables) and "database shop" in message
     assert f'SQLite table "{mirror_table}"' in message
+
+
+def test_long_names_a_postgresql_mirror_would_cut_to_one_are_refused_naming_both():
+    stem = "l" * 70
+    with pytest.raises(SourceError, match=rf'"{stem}_one" and "{stem}_two" of prod.db .* PostgreSQL table '
+                                          rf'"public"."{"l" * 63}"'):
+        check_distinct([f"{stem}_one", f"{stem}_two"], "prod.db")
+    # cut at a character boundary, as PostgreSQL does: 31 two-byte characters, not 31.5
+    assert postgres_identifier("é" * 40) == "é" * 31
+    check_distinct(["l" * 61 + "_a", "l" * 61 + "_b"], "prod.db")  # 63 bytes: kept whole
