@@ -210,6 +210,9 @@ class LocalBroker:
         self.cache_dir = cache_dir
         self.info: BrokerInfo | None = None
         self._started_here = False
+        # The port of the last run when start() found it taken and listened elsewhere:
+        # clients still retrying that port will never find this broker.
+        self.moved_from: int | None = None
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -251,6 +254,7 @@ class LocalBroker:
         # Clients that ran through a crash keep retrying the address they were given:
         # come back where they look, unless something else took the port meanwhile.
         port = self.port or _if_free(recorded) or free_port()
+        self.moved_from = recorded if recorded and not self.port and port != recorded else None
         controller_port = _if_free(recorded_controller) or free_port()
         config = self._write_config(port, controller_port)
         self._format_storage(java, libs, config)

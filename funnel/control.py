@@ -165,7 +165,9 @@ class ControlChannel:
 
     def flush(self) -> None:
         if self._producer is not None and self._producer.flush(READ_TIMEOUT_S) > 0:
-            raise FunnelError(f"control record to {self.topic!r} not delivered within {READ_TIMEOUT_S:g}s")
+            raise FunnelError(f"control record to {self.topic!r} not delivered within {READ_TIMEOUT_S:g}s",
+                              hint="check that the broker is up (funnel status), then run the command again: "
+                                   "the record may or may not have been written, and writing it twice is harmless")
 
     def read_all(self) -> dict[str, dict[str, Any]]:
         """The latest value of every live key, read from the start to the high watermark."""

@@ -34,7 +34,8 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"malformed -X setting {pair!r}: use -X key=value")
+            raise ConfigError(f"malformed -X setting {pair!r}: use -X key=value",
+                              hint="e.g. -X security.protocol=SSL (one -X per setting)")
         settings[key.strip()] = value
     return settings
 

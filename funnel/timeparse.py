@@ -29,6 +29,9 @@ _RELATIVE = re.compile(r"(?P<sign>[-+])(?P<duration>.*)")
 MAX_DURATION_S = 100 * 365 * 86400.0
 
 
+_RANGE_HINT = "go back at most as far as the funnel's retention, e.g. -7d"
+
+
 class DurationTooLongError(ConfigError):
     """A well-formed duration beyond MAX_DURATION_S."""
 
@@ -44,7 +47,8 @@ def parse_duration(text: str) -> float:
         return _at_most_max(text, float(stripped))
     match = _DURATION.fullmatch(stripped)
     if not stripped or match is None:
-        raise ConfigError(f"malformed duration {text!r}: use e.g. 90s, 15m, 4h, 7d")
+        raise ConfigError(f"malformed duration {text!r}: use e.g. 90s, 15m, 4h, 7d",
+                          hint="write a number with a unit (ms, s, m, h, d), largest unit first: 15m, 1h30m, 7d")
     return _at_most_max(text, sum(float(match[unit]) * scale for unit, scale in _UNITS if match[unit]))
 
 
@@ -93,11 +97,13 @@ def parse_time(text: str, now: datetime) -> datetime:
     except ValueError:
         raise ConfigError(
             f"malformed time {text!r}: use ISO-8601 with a zone "
-            "(2026-11-29T12:00:00Z) or a time relative to now (-15m, now)"
+            "(2026-11-29T12:00:00Z) or a time relative to now (-15m, now)",
+            hint="e.g. --to 2026-11-29T12:00:00Z, --to -15m or --to now",
         ) from None  # fromisoformat's own message adds nothing for the operator
     if parsed.tzinfo is None:
         raise ConfigError(
-            f"time {text!r} has no zone: add Z for UTC or an offset such as +01:00"
+            f"time {text!r} has no zone: add Z for UTC or an offset such as +01:00",
+            hint=f"e.g. {stripped}Z for UTC",
         )
     return parsed.astimezone(timezone.utc)
 
@@ -108,13 +114,14 @@ def _relative_time(text: str, match: re.Match[str], now: datetime) -> datetime:
         delta = timedelta(seconds=parse_duration(match["duration"]))
         moved = now - delta if match["sign"] == "-" else now + delta
     except DurationTooLongError:
-        raise ConfigError(f"relative time {text!r} is out of range") from None
+        raise ConfigError(f"relative time {text!r} is out of range", hint=_RANGE_HINT) from None
     except ConfigError:
         raise ConfigError(
-            f"malformed relative time {text!r}: use e.g. -15m, -1h30m, -7d"
+            f"malformed relative time {text!r}: use e.g. -15m, -1h30m, -7d",
+            hint="a sign, then a number with a unit, largest unit first: -15m, -1h30m, -7d",
         ) from None
     except OverflowError:
-        raise ConfigError(f"relative time {text!r} is out of range") from None
+        raise ConfigError(f"relative time {text!r} is out of range", hint=_RANGE_HINT) from None
     return moved.astimezone(timezone.utc)
 
 

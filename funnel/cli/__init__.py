@@ -5,6 +5,9 @@ with exit code 1 and no traceback; anything else is a bug and keeps its tracebac
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 from confluent_kafka import KafkaException
 
@@ -25,6 +28,11 @@ class FunnelGroup(click.Group):
             # Kafka errors are wrapped where they happen; one that slipped through (the
             # broker went away mid-command) is still the broker's answer, not a bug of ours.
             render(kafka_error(exc, "Kafka request failed"))
+        except BrokenPipeError:
+            # The reader of our output went away (`funnel inspect | head -1`): it has all it
+            # wanted, so stop quietly and successfully, as the shell's other tools do.
+            silence_stdout()
+            ctx.exit(0)
         ctx.exit(1)
 
 
@@ -34,6 +42,16 @@ def render(exc: TimeFunnelError) -> None:
     click.echo(f"Error: {one_line(str(exc))}", err=True)
     if exc.hint:
         click.echo(f"Try: {one_line(exc.hint)}", err=True)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still buffered
+    does not fail a second time on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. a test runner's stdout)
+        pass
 
 
 def one_line(text: str) -> str:

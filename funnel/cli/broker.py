@@ -45,6 +45,12 @@ def start(state_dir: Path | None, port: int | None) -> None:
     verb = "started" if started else "already running"
     click.echo(f"Apache Kafka {info.version} {verb} (pid {info.pid}), bootstrap {info.bootstrap}",
                err=True)
+    if local.moved_from:
+        click.echo(f"warning: port {local.moved_from} of the last run is taken by another process, so the broker "
+                   f"listens on {info.bootstrap} instead: captures and appliers still using "
+                   f"127.0.0.1:{local.moved_from} will not reconnect; restart them with --bootstrap "
+                   f"{info.bootstrap} (or free port {local.moved_from}, then `funnel broker stop` and "
+                   f"`funnel broker start` again)", err=True)
     click.echo(info.bootstrap)
 
 

@@ -23,5 +23,10 @@ def delay(mirror: str, delay: float, funnel_name: str, bootstrap: str | None, se
     check_delay_fits_retention(delay, info.retention_s, funnel_name)
     channel = ControlChannel(kafka, funnel_name)
     channel.write_delay(mirror, DelayRecord(delay, now_us()))
+    never_ran = channel.state().status(mirror) is None
     channel.close()
     click.echo(f"mirror {mirror!r} on funnel {funnel_name!r}: delay set to {format_duration(delay)}")
+    if never_ran:
+        # Legitimate before a mirror's first start, but also what a typo in the id looks like.
+        click.echo(f"note: no applier of mirror {mirror!r} has reported yet; it will start with this delay",
+                   err=True)

@@ -78,7 +78,9 @@ def show_librdkafka_log(level: int) -> None:
 
 
 def hide_librdkafka_log() -> None:
-    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+    # Above CRITICAL: librdkafka logs a fenced or otherwise fatal producer at CRITICAL, and
+    # the exception it also raises already becomes our one Error line.
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL + 1)
 
 
 class MirrorId(click.ParamType):
