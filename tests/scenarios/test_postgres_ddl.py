@@ -21,13 +21,21 @@ MIGRATIONS = [
     ["INSERT INTO orders VALUES (3, 3, 2.00)", "ALTER TABLE orders ADD COLUMN shipped boolean",
      "UPDATE orders SET shipped = true WHERE id = 1", "INSERT INTO orders VALUES (4, 4, 3.25, false)",
      "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(12,3)"],
+    ["CREATE TABLE scratch (id integer PRIMARY KEY, v text)", "CREATE UNIQUE INDEX scratch_v ON scratch (v)",
+     "INSERT INTO scratch VALUES (1, 'a')"],
+    ["ALTER TABLE scratch RENAME TO scratch2", "INSERT INTO scratch2 VALUES (2, 'b')"],
+    ["CREATE INDEX orders_item ON orders (item)"],
+    ["DROP INDEX items_colour"],
+    ["ALTER TABLE orders ALTER COLUMN item DROP NOT NULL", "ALTER TABLE orders ALTER COLUMN amount SET DEFAULT 1"],
+    ["CREATE TABLE gone (id integer PRIMARY KEY)", "INSERT INTO gone VALUES (1)"],
+    ["DROP TABLE gone"],
 ]
 
 # Defaults are compared for the columns that DDL events made: --create-tables makes none (README).
 COLUMNS_SQL = ("SELECT table_name, column_name, data_type, numeric_precision, numeric_scale, is_nullable, "
                "CASE WHEN table_name = 'orders' OR column_name IN ('colour', 'tmp') THEN column_default END "
                "FROM information_schema.columns WHERE table_schema = 'public' "
-               "AND table_name IN ('items', 'orders') "
+               "AND table_name NOT LIKE '\\_timefunnel%' "
                "ORDER BY table_name, ordinal_position")
 
 
@@ -37,11 +45,13 @@ def run(url: str, *statements: str) -> None:
             conn.execute(statement)
 
 
-def state(url: str) -> tuple[list, dict]:
+def state(url: str) -> tuple[list, list, dict]:
     with psycopg.connect(url) as conn:
         columns = conn.execute(COLUMNS_SQL).fetchall()
         tables = sorted({c[0] for c in columns})
-        return columns, {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
+        indexes = conn.execute("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                               "AND indexname NOT LIKE '%pkey' ORDER BY indexname").fetchall()
+        return columns, indexes, {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
 
 
 def writer(url: str, stop: threading.Event, written: list[int]) -> None:
@@ -63,7 +73,7 @@ def test_a_delayed_postgres_mirror_follows_migrations_while_a_writer_writes(
     capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--capture-ddl")
     applier = start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m",
                            "--delay", "2s", "--create-tables")
-    wait_for(lambda: len(state(mirror)[1].get("items", [])) == 5 or not applier.alive(), 60, 0.3,
+    wait_for(lambda: len(state(mirror)[2].get("items", [])) == 5 or not applier.alive(), 60, 0.3,
              "the initial copy on the mirror")
     stop, written = threading.Event(), []
     thread = threading.Thread(target=writer, args=(prod, stop, written), daemon=True)
@@ -76,7 +86,8 @@ def test_a_delayed_postgres_mirror_follows_migrations_while_a_writer_writes(
         stop.set()
         thread.join(10)
     expected = state(prod)
-    assert len(written) > 10 and len(expected[1]["orders"]) == 4  # the writer wrote across the migrations
+    assert len(written) > 10 and len(expected[2]["orders"]) == 4  # the writer wrote across the migrations
+    assert sorted(expected[2]) == ["items", "orders", "scratch2"] and len(expected[2]["scratch2"]) == 2
     try:
         wait_for(lambda: state(mirror) == expected or not applier.alive() or not capture.alive(), 60, 0.5,
                  "the mirror to follow every migration")
@@ -87,6 +98,8 @@ def test_a_delayed_postgres_mirror_follows_migrations_while_a_writer_writes(
     shown = run_funnel(bootstrap, "inspect", "--funnel", funnel_name, "--op", "ddl")
     assert "rename_column qty -> quantity" in shown.stdout, shown.stdout + shown.stderr
     assert "create_index items_colour" in shown.stdout
+    assert "drop_index items_colour" in shown.stdout and "drop_table public.gone" in shown.stdout
+    assert "rename_table public.scratch -> public.scratch2" in shown.stdout
 
 
 def test_capture_ddl_with_a_role_that_is_no_superuser_is_refused(bootstrap, funnel_name, pg_databases):
