@@ -803,7 +803,8 @@ class PostgresSource:
         if self._capture_ddl:
             relid = postgres_ddl.log_relid(self._conn, self.slot)
             if relid is not None:
-                assembler.ddl = postgres_ddl.DdlFollower(relid, assembler.captured, self._capture_new)
+                assembler.ddl = postgres_ddl.DdlFollower(relid, assembler.captured, self._capture_new,
+                                                         adopt=self._capture_new and self.own_publication)
         self._reader = _StreamReader(stream, assembler, confirmed, self._clock)
         log.info("streaming slot %s from %s", self.slot, lsn_to_text(confirmed))
         return self._reader
@@ -1238,6 +1239,8 @@ class _Assembler:
     def _relation(self, message: Relation) -> None:
         self._group = None
         table = self._captured.get(message.relid)
+        if table is None and self.ddl is not None:
+            table = self.ddl.adopt(message)  # a table created (and maybe dropped) while capture was away
         if table is None:
             self._plans[message.relid] = None  # published, but not captured here
             return

@@ -246,10 +246,34 @@ class DdlFollower:
     leaves it, an altered one gets its new columns and key.
     """
 
-    def __init__(self, relid: int, captured: dict[int, Any], capture_new: bool) -> None:
+    def __init__(self, relid: int, captured: dict[int, Any], capture_new: bool, adopt: bool = False) -> None:
         self.relid = relid
         self._captured = captured
         self._capture_new = capture_new
+        self._adopt = adopt
+
+    def adopt(self, message: Any) -> Any:
+        """The TableInfo of a relation the catalog no longer shows as it was, or None.
+
+        Our own publication holds only captured tables and the log, so a Relation of a
+        table we do not know is one created after capture last started and since dropped
+        or changed (a restart replays the stream from the slot's position).  Its rows
+        and its DDL events must still be published; the Relation message says its
+        columns and its replica identity columns (the key).
+        """
+        if not self._adopt or message.relid == self.relid or message.replica_identity not in ("d", "i"):
+            return None
+        from producer.sources.postgres import ColumnInfo, TableInfo
+
+        columns = tuple(ColumnInfo(c.name, c.type_oid, c.type_oid, "", False) for c in message.columns)
+        key = tuple(c.name for c in message.columns if c.in_identity)
+        if not key:
+            return None
+        info = TableInfo(message.relid, message.namespace, message.name, columns, key, message.replica_identity,
+                         True, True)
+        self._captured[message.relid] = info
+        log.info("following table %s, created while capture was away", info.qualified)
+        return info
 
     def change(self, values: list) -> TableChanges | None:
         """The DDL event of one log row (id, tag, object_identity, statement, relid, old, new),
@@ -263,18 +287,26 @@ class DdlFollower:
         except (IndexError, ValueError, TypeError) as exc:
             raise SourceError(f"replication stream: malformed schema-change log row: {exc}") from exc
         info = self._captured.get(relid)
-        if info is None:
-            if old is not None or new is None or not (self._capture_new and new.get("keyed")):
-                if new is not None and old is None:
-                    log.warning("table %s was created without a key (or outside the captured tables): "
-                                "not captured", _qualified(new))
-                return None
-            old = None  # a table we did not capture yet starts with its creation
+        if info is None and not self._follows(old, new):
+            return None
         ddl = ddl_of(tag, statement, old, new)
         self._follow(relid, info, new)
         if new is None:
             return TableChanges(ddl.object, Op.DDL, [c["name"] for c in old["columns"]], list(old["key"]), [], ddl)
         return TableChanges(ddl.object, Op.DDL, ddl.definition.names, list(ddl.definition.key), [], ddl)
+
+    def _follows(self, old: dict | None, new: dict | None) -> bool:
+        """Whether the change of a table we do not know now is one of ours: a keyed table
+        created in the captured schemas, or (see ``adopt``) one our publication held and
+        that was changed or dropped while capture was away."""
+        if old is None:
+            if new is not None and self._capture_new and new.get("keyed"):
+                return True
+            if new is not None:
+                log.warning("table %s was created without a key (or outside the captured tables): not captured",
+                            _qualified(new))
+            return False
+        return self._adopt and bool(old.get("keyed"))
 
     def _follow(self, relid: int, info: Any, new: dict | None) -> None:
         if new is None:

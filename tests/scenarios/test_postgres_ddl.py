@@ -6,6 +6,8 @@ import threading
 
 import psycopg
 
+from producer.sources import uninstall_capture
+from producer.sources.postgres import default_slot_name
 from tests.support.processes import run_funnel, start_funnel, wait_for
 
 MIGRATIONS = [
@@ -29,6 +31,14 @@ MIGRATIONS = [
     ["ALTER TABLE orders ALTER COLUMN item DROP NOT NULL", "ALTER TABLE orders ALTER COLUMN amount SET DEFAULT 1"],
     ["CREATE TABLE gone (id integer PRIMARY KEY)", "INSERT INTO gone VALUES (1)"],
     ["DROP TABLE gone"],
+]
+# Run while capture is down after a kill -9: a table it followed is changed and dropped,
+# another is created; the restarted capture replays them from the slot.
+WHILE_AWAY = [
+    ["INSERT INTO scratch2 VALUES (3, 'c')", "ALTER TABLE scratch2 ADD COLUMN w integer"],
+    ["DROP TABLE scratch2"],
+    ["CREATE TABLE later (id integer PRIMARY KEY)", "INSERT INTO later VALUES (1)"],
+    ["ALTER TABLE later ADD COLUMN b text DEFAULT 'x'", "INSERT INTO later VALUES (2, 'y')"],
 ]
 
 # Defaults are compared for the columns that DDL events made: --create-tables makes none (README).
@@ -85,9 +95,15 @@ def test_a_delayed_postgres_mirror_follows_migrations_while_a_writer_writes(
     finally:
         stop.set()
         thread.join(10)
+    assert sorted(state(prod)[2]) == ["items", "orders", "scratch2"] and len(state(prod)[2]["scratch2"]) == 2
+    wait_for(lambda: "scratch2" in state(mirror)[2] or not applier.alive(), 60, 0.5, "scratch2 on the mirror")
+    capture.kill9()
+    for statements in WHILE_AWAY:
+        run(prod, *statements)
+    capture = start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--capture-ddl")
     expected = state(prod)
     assert len(written) > 10 and len(expected[2]["orders"]) == 4  # the writer wrote across the migrations
-    assert sorted(expected[2]) == ["items", "orders", "scratch2"] and len(expected[2]["scratch2"]) == 2
+    assert sorted(expected[2]) == ["items", "later", "orders"]
     try:
         wait_for(lambda: state(mirror) == expected or not applier.alive() or not capture.alive(), 60, 0.5,
                  "the mirror to follow every migration")
@@ -100,6 +116,13 @@ def test_a_delayed_postgres_mirror_follows_migrations_while_a_writer_writes(
     assert "create_index items_colour" in shown.stdout
     assert "drop_index items_colour" in shown.stdout and "drop_table public.gone" in shown.stdout
     assert "rename_table public.scratch -> public.scratch2" in shown.stdout
+    assert "drop_table public.scratch2" in shown.stdout
+    capture.stop()
+    removed = uninstall_capture(prod, funnel_name)
+    slot = default_slot_name(funnel_name)
+    assert f"event trigger {slot}_end" in removed and f"event trigger {slot}_drop" in removed, removed
+    with psycopg.connect(prod) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_event_trigger").fetchone()[0] == 0
 
 
 def test_capture_ddl_with_a_role_that_is_no_superuser_is_refused(bootstrap, funnel_name, pg_databases):
