@@ -121,7 +121,8 @@ without them uses a publication the owner made:
 Limits
 ------
 - Tables are captured with the columns they have; a column added later is captured from
-  its first change (pgoutput resends the relation), but tables created later are not.
+  its first change (pgoutput resends the relation), but tables created later are not,
+  unless ``capture_ddl`` (postgres_ddl: schema changes become DDL events, in order).
 - Changing the set of captured tables of an existing funnel adds them to the publication
   without copying their existing rows: start a new funnel for that.
 - A large source transaction is held in memory whole, as in the SQLite source.

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from funnel.ddl import CREATE_INDEX, DROP_INDEX, Action, ColumnDef, Ddl, TableDef, diff
+from funnel.ddl import CREATE_INDEX, DROP_COLUMN, DROP_INDEX, RENAME_TABLE, Action, ColumnDef, Ddl, TableDef, diff
 from funnel.errors import SourceError
 from funnel.events import Op, TableChanges
 
@@ -232,9 +232,17 @@ def ddl_of(tag: str, statement: str, old: dict | None, new: dict | None) -> Ddl:
     attnames = {c["attnum"]: c["name"] for c in new["columns"]}
     renames = {c["name"]: attnames[c["attnum"]] for c in old["columns"]
                if c["attnum"] in attnames and attnames[c["attnum"]] != c["name"]}
+    # A column dropped and one of the same name added (another attnum) by one statement: by
+    # name alone it would look like a type change that keeps the old values.
+    kept = {c["attnum"] for c in new["columns"]}
+    new_names = {c["name"] for c in new["columns"]}
+    replaced = [c["name"] for c in old["columns"] if c["attnum"] not in kept and c["name"] in new_names]
+    remaining = dict(old, columns=[c for c in old["columns"] if c["name"] not in replaced])
     definition = _table_def(new)
-    actions = diff(_qualified(old), _table_def(old), definition, renames,
+    actions = diff(_qualified(old), _table_def(remaining), definition, renames,
                    new_name=_qualified(new) if _qualified(new) != _qualified(old) else None)
+    first = 1 if actions and actions[0].kind == RENAME_TABLE else 0
+    actions[first:first] = [Action(DROP_COLUMN, name) for name in replaced]
     return Ddl(tag, statement, _qualified(old), tuple(actions + _index_actions(old, new)), definition)
 
 

@@ -19,6 +19,7 @@ MIGRATIONS = [
     ["CREATE INDEX items_colour ON items (colour)"],
     ["ALTER TABLE items ADD COLUMN tmp text", "UPDATE items SET tmp = 'x' WHERE id <= 3"],
     ["ALTER TABLE items DROP COLUMN note"],
+    ["ALTER TABLE items DROP COLUMN tmp, ADD COLUMN tmp integer"],  # not a type change: the values go
     # DDL and DML in one transaction, rows on both sides of the change
     ["INSERT INTO orders VALUES (3, 3, 2.00)", "ALTER TABLE orders ADD COLUMN shipped boolean",
      "UPDATE orders SET shipped = true WHERE id = 1", "INSERT INTO orders VALUES (4, 4, 3.25, false)",
