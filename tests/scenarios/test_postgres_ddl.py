@@ -140,3 +140,41 @@ def test_capture_ddl_with_a_role_that_is_no_superuser_is_refused(bootstrap, funn
     with psycopg.connect(prod) as conn:  # refused before anything was created
         assert conn.execute("SELECT count(*) FROM pg_event_trigger").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+
+def sqlite_state(path) -> dict:
+    import sqlite3
+
+    if not path.exists():
+        return {}
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                                             "AND name NOT LIKE '\\_timefunnel%' ESCAPE '\\' ORDER BY name")]
+        return {t: ([r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')],
+                    conn.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall()) for t in tables}
+
+
+def test_a_sqlite_mirror_follows_the_postgres_migrations_it_can_express(bootstrap, funnel_name, pg_databases,
+                                                                         procs, tmp_path):
+    prod, _ = pg_databases
+    mirror = tmp_path / "mirror.db"
+    run(prod, "CREATE TABLE items (id integer PRIMARY KEY, qty integer, note text)",
+        "INSERT INTO items VALUES (1, 10, 'a'), (2, 20, 'b')")
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--capture-ddl")
+    applier = start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{mirror}", "--funnel", funnel_name,
+                           "--mirror", "m", "--delay", "0s")
+    wait_for(lambda: len(sqlite_state(mirror).get("items", ((), ()))[1]) == 2, 60, 0.3, "the initial copy")
+    for statements in [["ALTER TABLE items ADD COLUMN colour text DEFAULT 'red'"],
+                       ["ALTER TABLE items RENAME COLUMN qty TO quantity", "INSERT INTO items VALUES (3, 30, 'c')"],
+                       ["CREATE TABLE orders (id integer PRIMARY KEY, item integer)", "INSERT INTO orders VALUES (1, 3)"],
+                       ["CREATE INDEX orders_item ON orders (item)"],
+                       ["ALTER TABLE items DROP COLUMN note", "UPDATE items SET colour = 'blue' WHERE id = 2"]]:
+        run(prod, *statements)
+    expected = {"items": (["id", "quantity", "colour"], [(1, 10, "red"), (2, 20, "blue"), (3, 30, "red")]),
+                "orders": (["id", "item"], [(1, 3)])}
+    wait_for(lambda: sqlite_state(mirror) == expected or not applier.alive(), 60, 0.3, "the SQLite mirror to follow")
+    assert sqlite_state(mirror) == expected, applier.output()
+    import sqlite3
+
+    with sqlite3.connect(mirror) as conn:
+        assert conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'index' AND name = 'orders_item'").fetchone()

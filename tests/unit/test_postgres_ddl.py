@@ -80,3 +80,14 @@ def test_a_table_unknown_now_is_followed_only_when_adopting():
     old = table("gone", [col(1, "id", nullable=False)])
     assert DdlFollower(99, {}, capture_new=True).change(row(5, old, None, "DROP TABLE")) is None
     assert DdlFollower(99, {}, capture_new=True, adopt=True).change(row(5, old, None, "DROP TABLE")) is not None
+
+
+def test_postgres_defaults_become_what_a_sqlite_mirror_accepts():
+    from applier.sinks.ddl import _sqlite_default
+
+    assert _sqlite_default("'red'::text") == "'red'"
+    assert _sqlite_default("'a''b'::character varying") == "'a''b'"
+    assert _sqlite_default("'1.5'::numeric") == "'1.5'" and _sqlite_default("-3") == "-3"
+    assert _sqlite_default("true") == "1" and _sqlite_default(None) is None
+    assert _sqlite_default("nextval('s'::regclass)") is False  # refused: not a literal
+    assert _sqlite_default("'x'") == "'x'" and _sqlite_default("(1 + 2)") == "(1 + 2)"  # SQLite sources' own
