@@ -46,7 +46,8 @@ CREATE OR REPLACE FUNCTION {schema}.{deffn}(rel oid) RETURNS jsonb LANGUAGE sql 
 SET search_path = pg_catalog AS $f$
 SELECT jsonb_build_object(
   'schema', n.nspname, 'name', c.relname,
-  'keyed', c.relreplident IN ('f', 'i') OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+  'keyed', c.relreplident IN ('f', 'i')
+           OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
   'columns', COALESCE((SELECT jsonb_agg(jsonb_build_object(
        'attnum', a.attnum, 'name', a.attname, 'typid', a.atttypid, 'type', format_type(a.atttypid, a.atttypmod),
        'nullable', NOT a.attnotnull, 'default', pg_get_expr(d.adbin, d.adrelid)) ORDER BY a.attnum)
@@ -136,7 +137,8 @@ def log_table(slot: str) -> sql.Identifier:
 
 def check_may_install(conn: psycopg.Connection) -> None:
     """Raises SourceError when the role may not create event triggers (not a superuser)."""
-    role, superuser = conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    role, superuser = conn.execute(
+        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if not superuser:
         raise SourceError(
             f"--capture-ddl needs a superuser capture role, and role {role} is not one: PostgreSQL lets only "

@@ -166,7 +166,8 @@ def test_a_sqlite_mirror_follows_the_postgres_migrations_it_can_express(bootstra
     wait_for(lambda: len(sqlite_state(mirror).get("items", ((), ()))[1]) == 2, 60, 0.3, "the initial copy")
     for statements in [["ALTER TABLE items ADD COLUMN colour text DEFAULT 'red'"],
                        ["ALTER TABLE items RENAME COLUMN qty TO quantity", "INSERT INTO items VALUES (3, 30, 'c')"],
-                       ["CREATE TABLE orders (id integer PRIMARY KEY, item integer)", "INSERT INTO orders VALUES (1, 3)"],
+                       ["CREATE TABLE orders (id integer PRIMARY KEY, item integer)",
+                        "INSERT INTO orders VALUES (1, 3)"],
                        ["CREATE INDEX orders_item ON orders (item)"],
                        ["ALTER TABLE items DROP COLUMN note", "UPDATE items SET colour = 'blue' WHERE id = 2"]]:
         run(prod, *statements)

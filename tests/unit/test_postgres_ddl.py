@@ -33,7 +33,8 @@ def test_a_renamed_column_is_told_from_a_drop_and_an_add_by_its_attnum():
 
 
 def test_a_column_dropped_and_one_added_with_the_same_name_is_not_a_rename():
-    new = table("items", [col(1, "id", nullable=False), col(3, "note", "text"), col(4, "qty", "text", default="'a'::text")])
+    new = table("items", [col(1, "id", nullable=False), col(3, "note", "text"),
+                          col(4, "qty", "text", default="'a'::text")])
     assert kinds(ddl_of("ALTER TABLE", "...", ITEMS, new)) == [(DROP_COLUMN, "qty", None), (ADD_COLUMN, "qty", None)]
 
 
