@@ -516,6 +516,8 @@ class PostgresSource:
                                          self.publication, add_new=self.own_publication and self._capture_new)
                 if self.own_publication:
                     self._sync_publication()
+                elif self._capture_ddl:  # an operator's publication must carry the log too (we are superuser)
+                    postgres_ddl.publish_log(self._conn, self.slot, self.publication)
         except psycopg.Error as exc:
             raise SourceError(f"cannot install capture in database {_database(self._conn)}: {exc}") from exc
 
@@ -745,11 +747,8 @@ class PostgresSource:
             log.info("created publication %s for %s", self.publication, ", ".join(self.tables))
             return
         missing = self._unpublished_tables()
-        if self._capture_ddl and self._conn.execute(
-                "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s",
-                (self.publication, postgres_ddl.SCHEMA, f"{self.slot}_ddl")).fetchone() is None:
-            self._conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                name, postgres_ddl.log_table(self.slot)))
+        if self._capture_ddl:
+            postgres_ddl.publish_log(self._conn, self.slot, self.publication)
         if missing:
             self._conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, tables))
             log.warning("added %s to publication %s: their existing rows are copied only into a new funnel",

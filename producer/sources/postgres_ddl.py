@@ -172,6 +172,15 @@ def install(conn: psycopg.Connection, slot: str, schemas: list[str], publication
     log.info("installed the schema-change event triggers %s_end and %s_drop", slot, slot)
 
 
+def publish_log(conn: psycopg.Connection, slot: str, publication: str) -> None:
+    """Adds the log to ``publication`` unless it is in it (an operator's publication)."""
+    if conn.execute("SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s "
+                    "AND tablename = %s", (publication, SCHEMA, f"{slot}_ddl")).fetchone() is None:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(publication),
+                                                                        log_table(slot)))
+        log.info("added the schema-change log %s.%s_ddl to publication %s", SCHEMA, slot, publication)
+
+
 def log_relid(conn: psycopg.Connection, slot: str) -> int | None:
     return conn.execute("SELECT to_regclass(%s)::oid", (f'{SCHEMA}."{slot}_ddl"',)).fetchone()[0]
 

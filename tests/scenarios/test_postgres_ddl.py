@@ -179,3 +179,18 @@ def test_a_sqlite_mirror_follows_the_postgres_migrations_it_can_express(bootstra
 
     with sqlite3.connect(mirror) as conn:
         assert conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'index' AND name = 'orders_item'").fetchone()
+
+
+def test_capture_ddl_adds_its_log_to_an_operators_publication(bootstrap, funnel_name, pg_databases, procs,
+                                                              tmp_path):
+    prod, mirror = pg_databases
+    run(prod, "CREATE TABLE items (id integer PRIMARY KEY)", "INSERT INTO items VALUES (1)",
+        "CREATE PUBLICATION ops FOR TABLE items")
+    start_funnel(bootstrap, procs, tmp_path, "capture", prod, "--funnel", funnel_name, "--capture-ddl",
+                 "--publication", "ops")
+    applier = start_funnel(bootstrap, procs, tmp_path, "apply", mirror, "--funnel", funnel_name, "--mirror", "m",
+                           "--delay", "0s", "--create-tables")
+    wait_for(lambda: state(mirror)[2].get("items") == [(1,)] or not applier.alive(), 60, 0.3, "the initial copy")
+    run(prod, "ALTER TABLE items ADD COLUMN v text DEFAULT 'x'", "INSERT INTO items VALUES (2, 'y')")
+    wait_for(lambda: state(mirror) == state(prod) or not applier.alive(), 60, 0.3, "the mirror to follow")
+    assert state(mirror) == state(prod), applier.output()
