@@ -14,6 +14,8 @@ mirror, so it is refused.
 """
 from __future__ import annotations
 
+import re
+
 from applier.sinks import postgres_sql, sqlite_sql
 from funnel import ddl as d
 from funnel.errors import SinkError
@@ -53,7 +55,9 @@ def _sqlite_action(ddl: d.Ddl, action: d.Action, current: str, table: str, txid:
     if action.kind == d.DROP_COLUMN:
         return f"ALTER TABLE {q(current)} DROP COLUMN {q(action.name)}"
     if action.kind == d.ADD_COLUMN:
-        default = action.column.default if action.column is not None else None
+        default = _sqlite_default(action.column.default if action.column is not None else None)
+        if default is False:
+            raise unsupported("SQLite", ddl, action, txid)
         # Existing rows take the default on production too; untyped, like every mirror column.
         return f"ALTER TABLE {q(current)} ADD COLUMN {q(action.name)}" + (f" DEFAULT {default}" if default else "")
     if action.kind == d.CREATE_INDEX:
@@ -139,6 +143,26 @@ def _definition(ddl: d.Ddl, table: str, txid: str) -> d.TableDef:
     if ddl.definition is None or not ddl.definition.columns:
         raise SinkError(f"schema change of {table!r} (txid {txid}) creates a table without a definition")
     return ddl.definition
+
+
+# A literal default as PostgreSQL writes it ('red'::text, 0, '1.5'::numeric, true), casts and all.
+_PG_LITERAL = re.compile(r"\(?(?P<literal>'(?:[^']|'')*'|-?\d+(?:\.\d+)?|true|false)\)?(?:::[\w .\[\]()\",]+)?")
+
+
+def _sqlite_default(default: str | None) -> str | None | bool:
+    """The default as SQLite accepts it, None for none, False when it is no literal.
+
+    SQLite sources write defaults SQLite reads already (passed as they are); PostgreSQL
+    ones carry casts (``'red'::text``), which SQLite rejects: a cast literal loses its
+    cast, a cast expression is refused (SQLite refuses non-constant defaults itself).
+    """
+    if not default:
+        return None
+    found = _PG_LITERAL.fullmatch(default.strip())
+    if found is None:
+        return default if "::" not in default else False
+    literal = found.group("literal")
+    return {"true": "1", "false": "0"}.get(literal, literal)
 
 
 def unsupported(dialect: str, ddl: d.Ddl, action: d.Action, txid: str) -> SinkError:

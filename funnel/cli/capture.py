@@ -20,6 +20,9 @@ from funnel.topic import FunnelAdmin
 @click.option("--publication", default=None, metavar="NAME",
               help="PostgreSQL: use this existing publication instead of creating one named like the slot "
                    "(for a role that does not own the tables).")
+@click.option("--capture-ddl", is_flag=True,
+              help="PostgreSQL: record schema changes with an event trigger (needs a superuser role) and publish "
+                   "them in order, so mirrors follow migrations by themselves.")
 @click.option("--slot", default=None, metavar="NAME",
               help="PostgreSQL: the logical replication slot [default: timefunnel_<funnel>].")
 @click.option("--source-name", default=None, help="Name of this source in the events [default: the source that `switchback complete` "
@@ -36,7 +39,7 @@ from funnel.topic import FunnelAdmin
 @metrics_options
 @kafka_options
 def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_key: bool,
-            replica_identity_full: bool, publication: str | None, slot: str | None, source_name: str | None,
+            replica_identity_full: bool, publication: str | None, capture_ddl: bool, slot: str | None, source_name: str | None,
             poll_interval: float, heartbeat_s: float, chunk_rows: int, give_up_after: float, verbose: bool,
             metrics_port: int | None,
             metrics_addr: str, bootstrap: str | None, settings: tuple[str, ...]) -> None:
@@ -56,7 +59,8 @@ def capture(source_url: str, funnel_name: str, tables: tuple[str, ...], rowid_ke
     if not source_name and not continued:
         refuse_other_database(records, source_url, source_name_for(source_url))
     source = open_source(source_url, list(tables) or None, rowid_key, funnel=funnel_name, slot=slot,
-                         publication=publication, replica_identity_full=replica_identity_full)
+                         publication=publication, replica_identity_full=replica_identity_full,
+                         capture_ddl=capture_ddl)
     name = source_name or continued or source_name_for(source_url)
     # A commit waiting for a broker that is gone counts as failed once the operator's patience ends.
     publisher = EventPublisher(kafka, funnel_name, name, chunk_rows=chunk_rows,

@@ -10,7 +10,7 @@ from funnel.urls import sqlite_path
 
 def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = False, *,
                 funnel: str | None = None, slot: str | None = None, publication: str | None = None,
-                replica_identity_full: bool = False):
+                replica_identity_full: bool = False, capture_ddl: bool = False):
     """Open the production database at ``url`` for capture.
 
     PostgreSQL (``postgresql://`` or ``postgres://``) captures through replication slot
@@ -22,7 +22,8 @@ def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = Fal
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
-        _reject_postgres_options(slot=slot, publication=publication, replica_identity_full=replica_identity_full)
+        _reject_postgres_options(slot=slot, publication=publication, replica_identity_full=replica_identity_full,
+                                 capture_ddl=capture_ddl)
         from producer.sources.sqlite import SqliteSource
 
         return SqliteSource(sqlite_path(url), tables, rowid_key=rowid_key)
@@ -35,7 +36,7 @@ def open_source(url: str, tables: list[str] | None = None, rowid_key: bool = Fal
         if slot is None and funnel is None:
             raise ConfigError("a PostgreSQL source needs a replication slot name or the funnel's name")
         return PostgresSource(url, tables, slot=slot or default_slot_name(funnel), publication=publication,
-                              replica_identity_full=replica_identity_full)
+                              replica_identity_full=replica_identity_full, capture_ddl=capture_ddl)
     raise ConfigError(f"unsupported source URL scheme {scheme or '(none)'!r} in {url!r}",
                       hint="use sqlite:///path/to/production.db or postgresql://user@host:port/database")
 

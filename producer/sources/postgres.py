@@ -121,7 +121,8 @@ without them uses a publication the owner made:
 Limits
 ------
 - Tables are captured with the columns they have; a column added later is captured from
-  its first change (pgoutput resends the relation), but tables created later are not.
+  its first change (pgoutput resends the relation), but tables created later are not,
+  unless ``capture_ddl`` (postgres_ddl: schema changes become DDL events, in order).
 - Changing the set of captured tables of an existing funnel adds them to the publication
   without copying their existing rows: start a new funnel for that.
 - A large source transaction is held in memory whole, as in the SQLite source.
@@ -153,6 +154,7 @@ from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, Row, TableChanges, Value
 from funnel.tablenames import check_distinct, check_schemas
 from funnel.urls import masked_password
+from producer.sources import postgres_ddl
 from producer.sources.base import SourceDisconnected, SourceTransaction
 from producer.sources.pgoutput import (
     UNCHANGED,
@@ -183,7 +185,7 @@ FEEDBACK_INTERVAL_S = 10.0  # well inside the server's wal_sender_timeout (60 s 
 PARTIAL_TX_WAIT_S = 1.0  # how long one call waits for the rest of a half-received transaction
 SLOT_BUSY_WAIT_S = 15.0  # a predecessor's walsender may take a moment to release the slot
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
-_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "timefunnel")  # timefunnel: capture's own
 
 # Text form -> event value, by base type OID; every other type stays text.
 _BOOLS = {b"t": True, b"f": False, "t": True, "f": False}
@@ -449,7 +451,8 @@ class PostgresSource:
 
     def __init__(self, url: str, tables: list[str] | None = None, *, slot: str,
                  publication: str | None = None, replica_identity_full: bool = False,
-                 schemas: list[str] | None = None, clock: Callable[[], int] = now_us) -> None:
+                 schemas: list[str] | None = None, clock: Callable[[], int] = now_us,
+                 capture_ddl: bool = False) -> None:
         """Connects and checks that capture can work; creates nothing.
 
         Raises ConfigError for a malformed slot name, SourceError for an unreachable
@@ -466,6 +469,8 @@ class PostgresSource:
         self.publication = publication or default_publication_name(slot)
         self._replica_identity_full = replica_identity_full
         self._clock = clock
+        self._capture_ddl = capture_ddl  # postgres_ddl: event triggers log schema changes into the stream
+        self._capture_new = tables is None
         self._stream: _ReplicationStream | None = None
         self._reader: _StreamReader | None = None
         self._conn = connect(url)
@@ -476,6 +481,8 @@ class PostgresSource:
                 self._tables = inspect_tables(self._conn, oids, replica_identity_full)
                 check_schemas([table.schema for table in self._tables], f"database {_database(self._conn)}")
                 check_distinct(self.tables, f"database {_database(self._conn)}")
+                if capture_ddl:  # first: no other grant makes up for it
+                    postgres_ddl.check_may_install(self._conn)
                 self._check_privileges()
                 self._check_slot()
                 self._check_publication()
@@ -505,8 +512,13 @@ class PostgresSource:
             with self._conn.transaction():
                 if self._replica_identity_full:
                     self._set_identity_full()
+                if self._capture_ddl:
+                    postgres_ddl.install(self._conn, self.slot, sorted({t.schema for t in self._tables}),
+                                         self.publication, add_new=self.own_publication and self._capture_new)
                 if self.own_publication:
                     self._sync_publication()
+                elif self._capture_ddl:  # an operator's publication must carry the log too (we are superuser)
+                    postgres_ddl.publish_log(self._conn, self.slot, self.publication)
         except psycopg.Error as exc:
             raise SourceError(f"cannot install capture in database {_database(self._conn)}: {exc}") from exc
 
@@ -725,7 +737,10 @@ class PostgresSource:
     def _sync_publication(self) -> None:
         """Creates our publication, or makes it publish exactly the captured tables."""
         name = sql.Identifier(self.publication)
-        tables = sql.SQL(", ").join(t.ident for t in self._tables)
+        idents = [t.ident for t in self._tables]
+        if self._capture_ddl:
+            idents.append(postgres_ddl.log_table(self.slot))
+        tables = sql.SQL(", ").join(idents)
         exists = self._conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
                                     (self.publication,)).fetchone()
         if exists is None:
@@ -733,6 +748,8 @@ class PostgresSource:
             log.info("created publication %s for %s", self.publication, ", ".join(self.tables))
             return
         missing = self._unpublished_tables()
+        if self._capture_ddl:
+            postgres_ddl.publish_log(self._conn, self.slot, self.publication)
         if missing:
             self._conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, tables))
             log.warning("added %s to publication %s: their existing rows are copied only into a new funnel",
@@ -783,7 +800,13 @@ class PostgresSource:
             stream.close()
             raise
         self._stream = stream
-        self._reader = _StreamReader(stream, _Assembler({t.oid: t for t in self._tables}), confirmed, self._clock)
+        assembler = _Assembler({t.oid: t for t in self._tables})
+        if self._capture_ddl:
+            relid = postgres_ddl.log_relid(self._conn, self.slot)
+            if relid is not None:
+                assembler.ddl = postgres_ddl.DdlFollower(relid, assembler.captured, self._capture_new,
+                                                         adopt=self._capture_new and self.own_publication)
+        self._reader = _StreamReader(stream, assembler, confirmed, self._clock)
         log.info("streaming slot %s from %s", self.slot, lsn_to_text(confirmed))
         return self._reader
 
@@ -838,6 +861,8 @@ def uninstall(url: str, slot: str, publication: str | None) -> list[str]:
         if publication and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
             conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
             removed.append(f"publication {publication}")
+        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+            removed += postgres_ddl.uninstall(conn, slot)
     return removed
 
 # -- initial copy ----------------------------------------------------------------------
@@ -1181,7 +1206,8 @@ class _Assembler:
     """Builds SourceTransactions from decoded pgoutput messages (no I/O)."""
 
     def __init__(self, captured: dict[int, TableInfo]) -> None:
-        self._captured = captured
+        self._captured = self.captured = captured
+        self.ddl: postgres_ddl.DdlFollower | None = None  # set when schema changes are captured
         self._plans: dict[int, _Plan | None] = {}
         self._tx: SourceTransaction | None = None
         self._group: TableChanges | None = None
@@ -1214,6 +1240,8 @@ class _Assembler:
     def _relation(self, message: Relation) -> None:
         self._group = None
         table = self._captured.get(message.relid)
+        if table is None and self.ddl is not None:
+            table = self.ddl.adopt(message)  # a table created (and maybe dropped) while capture was away
         if table is None:
             self._plans[message.relid] = None  # published, but not captured here
             return
@@ -1236,6 +1264,12 @@ class _Assembler:
                                            [c in table.key for c in columns])
 
     def _insert(self, message: Insert) -> None:
+        if self.ddl is not None and message.relid == self.ddl.relid:
+            change = self.ddl.change(message.new)
+            if change is not None:
+                self._open("ddl").changes.append(change)
+                self._group = None
+            return
         plan = self._plan(message.relid)
         if plan is not None:
             self._add(plan, _INSERT, plan.columns, Row(None, self._convert(plan, message.new, "insert")))
