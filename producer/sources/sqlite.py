@@ -1082,9 +1082,8 @@ def _refuse_reserved_names(kinds: dict[str, str], path: str) -> None:
             raise SourceError(
                 f'table "{name}" in {path} is named with timefunnel\'s reserved prefix "{PREFIX}": '
                 f"capturing every table would leave it out of the mirror",
-                hint=f"rename it (ALTER TABLE ... RENAME TO), or name the tables to capture with --table",
+                hint="rename it (ALTER TABLE ... RENAME TO), or name the tables to capture with --table",
             )
-
 
 
 def uninstall(path: str, busy_timeout_s: float = 30) -> list[str]:
