@@ -40,7 +40,9 @@ class Background:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(30)
+                # A capture finishing a Kafka commit or waiting for SQLite's write lock
+                # may take its own 30 s timeouts before it can exit; give it that and more.
+                self.process.wait(60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(30)
