@@ -31,15 +31,14 @@ def apply(sink_url: str, funnel_name: str, mirror: str, delay: float | None, buf
     from applier.applier import ApplierOptions
     from applier.launch import check_options, start_applier
     from funnel.timeparse import format_duration
-    from funnel.control import ControlChannel
-    from producer.sources.marks import capture_slots, refuse_capture_source
+    from producer.sources.marks import refuse_funnel_source
 
     setup_logging(verbose)
     kafka = kafka_settings(bootstrap, settings)
     options = ApplierOptions(funnel_name, mirror, delay, buffer_rows=buffer_rows)
     check_options(kafka, options)
     # before the sink creates its file or state table
-    refuse_capture_source(sink_url, funnel_name, capture_slots(ControlChannel(kafka, funnel_name).state()))
+    refuse_funnel_source(kafka, sink_url, funnel_name)
     stop = stop_on_signals()
     endpoints = []
 

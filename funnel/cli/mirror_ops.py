@@ -9,19 +9,16 @@ import click
 
 from applier import mirror_ops
 from applier.applier import Command
-from applier.mirror_ops import MirrorHandle, new_command, plan_for, raise_if_gone  # noqa: F401 (the CLI's names)
+from applier.mirror_ops import MirrorHandle
 from applier.pointintime import Plan
 from funnel.kafka import KafkaSettings
-from funnel.control import ControlChannel
-from producer.sources.marks import capture_slots, refuse_capture_source
+from producer.sources.marks import refuse_funnel_source
 
 
 def find_mirror(kafka: KafkaSettings, funnel: str, mirror: str, sink_url: str | None) -> MirrorHandle:
     """``applier.mirror_ops.find_mirror``, refusing a capture's source database as the sink."""
-    def check_sink(url: str, funnel: str) -> None:
-        refuse_capture_source(url, funnel, capture_slots(ControlChannel(kafka, funnel).state()))
-
-    return mirror_ops.find_mirror(kafka, funnel, mirror, sink_url, check_sink=check_sink)
+    return mirror_ops.find_mirror(kafka, funnel, mirror, sink_url,
+                                  check_sink=lambda url, name: refuse_funnel_source(kafka, url, name))
 
 
 def run_command(handle: MirrorHandle, command: Command, plan: Plan) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from applier.pointintime import Target
-from funnel.cli.mirror_ops import find_mirror, new_command, plan_for, run_command
+from applier.mirror_ops import new_command, plan_for
+from funnel.cli.mirror_ops import find_mirror, run_command
 from funnel.cli.options import MIRROR_ID, echo_json, funnel_option, kafka_options, kafka_settings, parse_target_time
 from funnel.cli.seek import render_plan, sink_option
 from funnel.errors import TimeFunnelError

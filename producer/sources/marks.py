@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from contextlib import closing
 from urllib.parse import urlsplit
 
-from funnel.control import ControlState
+from funnel.control import ControlChannel, ControlState
 from funnel.errors import SinkError
+from funnel.kafka import KafkaSettings
 from funnel.urls import masked_password, sqlite_path
 
 _HINT = ("apply into a separate mirror database; a database that a capture reads cannot be its mirror "
@@ -41,6 +42,12 @@ def refuse_capture_source(url: str, funnel: str, slots: Iterable[str] = ()) -> N
         _refuse_sqlite(sqlite_path(url))
     elif scheme in ("postgresql", "postgres"):
         _refuse_postgres(url, funnel, slots)
+
+
+def refuse_funnel_source(kafka: KafkaSettings, url: str, funnel: str) -> None:
+    """``refuse_capture_source`` with the slots the funnel's captures reported on its
+    control topic: what apply, seek, promote and resume check before touching a sink."""
+    refuse_capture_source(url, funnel, capture_slots(ControlChannel(kafka, funnel).state()))
 
 
 def capture_slots(control: ControlState) -> list[str]:
