@@ -61,9 +61,7 @@ def _sqlite_action(ddl: d.Ddl, action: d.Action, current: str, table: str, txid:
         # Existing rows take the default on production too; untyped, like every mirror column.
         return f"ALTER TABLE {q(current)} ADD COLUMN {q(action.name)}" + (f" DEFAULT {default}" if default else "")
     if action.kind == d.CREATE_INDEX:
-        unique = "UNIQUE " if action.unique else ""
-        return (f"CREATE {unique}INDEX IF NOT EXISTS {q(action.name)} ON {q(current)} "
-                f"({', '.join(q(c) for c in action.columns)})")
+        return _create_index(action, q(current), q)
     if action.kind == d.DROP_INDEX:
         return f"DROP INDEX IF EXISTS {q(action.name)}"
     raise unsupported("SQLite", ddl, action, txid)
@@ -122,12 +120,17 @@ def _postgres_action(ddl: d.Ddl, action: d.Action, target: str, schema: str, tab
     if action.kind == d.DROP_DEFAULT:
         return f"ALTER TABLE {target} ALTER COLUMN {q(action.name)} DROP DEFAULT"
     if action.kind == d.CREATE_INDEX:
-        unique = "UNIQUE " if action.unique else ""
-        return (f"CREATE {unique}INDEX IF NOT EXISTS {q(action.name)} ON {target} "
-                f"({', '.join(q(c) for c in action.columns)})")
+        return _create_index(action, target, q)
     if action.kind == d.DROP_INDEX:
         return f"DROP INDEX IF EXISTS {q(schema)}.{q(action.name)}"
     raise unsupported("PostgreSQL", ddl, action, txid)
+
+
+def _create_index(action: d.Action, table: str, quote) -> str:
+    """CREATE INDEX in the words SQLite and PostgreSQL share; ``table`` is already quoted."""
+    unique = "UNIQUE " if action.unique else ""
+    return (f"CREATE {unique}INDEX IF NOT EXISTS {quote(action.name)} ON {table} "
+            f"({', '.join(quote(c) for c in action.columns)})")
 
 
 def _pg_type(ddl: d.Ddl, column: d.ColumnDef, txid: str) -> str:
