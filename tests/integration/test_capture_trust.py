@@ -21,7 +21,7 @@ from funnel.reader import FunnelReader
 from producer.sources.marks import capture_slots, refuse_capture_source
 from producer.sources.postgres import default_slot_name
 from producer.sources.sqlite import SqliteSource
-from tests.support.processes import run_funnel, start_funnel, table_rows, wait_for
+from tests.support.processes import run_funnel, start_funnel, table_rows, wait_for, write_transaction
 
 WAIT_S = 60  # bound on waiting for the processes; never reached when things work
 
@@ -34,17 +34,6 @@ def funnel_rows(bootstrap: str, funnel: str) -> list[tuple[str, list, list]]:
         return [(group.table, group.columns, row.after or row.before)
                 for tx in reader.transactions(low, high, keep_payloads=True)
                 for batch in map(codec.decode, tx.payloads) for group in batch.changes for row in group.rows]
-
-
-def write(db: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def error_lines(output: str) -> tuple[str, str]:
@@ -73,15 +62,15 @@ def error_lines(output: str) -> tuple[str, str]:
 def test_a_schema_change_stops_capture_before_anything_wrong_is_published(
         bootstrap, funnel_name, procs, tmp_path, ddl, after, message):
     prod = tmp_path / "prod.db"
-    write(prod, "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT, qty INTEGER)",
+    write_transaction(prod, "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT, qty INTEGER)",
           "INSERT INTO orders VALUES (0, 'bread', 3)")
     capture = start_funnel(bootstrap, procs, tmp_path, "capture", f"sqlite://{prod}", "--funnel", funnel_name)
-    write(prod, "INSERT INTO orders VALUES (1, 'tea', 2)")
+    write_transaction(prod, "INSERT INTO orders VALUES (1, 'tea', 2)")
     wait_for(lambda: ("orders", ["id", "item", "qty"], [1, "tea", 2]) in funnel_rows(bootstrap, funnel_name),
              WAIT_S, interval=0.3, what="the row before the schema change in the funnel")
 
-    write(prod, *ddl.split("; "))
-    write(prod, after)  # the changelog holds it with the columns from before the change
+    write_transaction(prod, *ddl.split("; "))
+    write_transaction(prod, after)  # the changelog holds it with the columns from before the change
     wait_for(lambda: not capture.alive(), WAIT_S, what="the capture to stop")
     assert capture.stop() == 1
     error, hint = error_lines(capture.output())
@@ -103,12 +92,12 @@ def test_a_schema_change_stops_capture_before_anything_wrong_is_published(
 def test_dotted_and_main_prefixed_tables_get_their_own_mirror_tables(bootstrap, funnel_name, procs, tmp_path):
     prod, mirror = tmp_path / "prod.db", tmp_path / "mirror.db"
     tables = ["a.b", "a_b", "main.t", "t"]
-    write(prod, *[f'CREATE TABLE "{t}" (id INTEGER PRIMARY KEY, v TEXT)' for t in tables],
+    write_transaction(prod, *[f'CREATE TABLE "{t}" (id INTEGER PRIMARY KEY, v TEXT)' for t in tables],
           *[f"INSERT INTO \"{t}\" VALUES (1, 'copy of {t}')" for t in tables])
     start_funnel(bootstrap, procs, tmp_path, "capture", f"sqlite://{prod}", "--funnel", funnel_name)
     start_funnel(bootstrap, procs, tmp_path, "apply", f"sqlite://{mirror}", "--funnel", funnel_name,
                  "--mirror", "m1", "--delay", "0s")
-    write(prod, *[f"INSERT INTO \"{t}\" VALUES (2, 'change of {t}')" for t in tables])
+    write_transaction(prod, *[f"INSERT INTO \"{t}\" VALUES (2, 'change of {t}')" for t in tables])
     wait_for(lambda: all(len(table_rows(mirror, t)) == 2 for t in tables), WAIT_S,
              what="every table's copy and change on the mirror")
     for table in tables:
@@ -128,7 +117,7 @@ def file_digest(path: Path) -> str:
 
 def test_apply_and_seek_into_the_captured_sqlite_production_are_refused(bootstrap, funnel_name, tmp_path):
     prod = tmp_path / "prod.db"
-    write(prod, "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)", "INSERT INTO orders VALUES (1, 'tea')")
+    write_transaction(prod, "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)", "INSERT INTO orders VALUES (1, 'tea')")
     with SqliteSource(str(prod)) as source:
         source.install()  # what `funnel capture` does first
     before = file_digest(prod)

@@ -14,22 +14,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.support.processes import Background, run_funnel, start_writer, table_rows, wait_for
+from tests.support.processes import (Background, run_funnel, start_writer, table_rows, wait_for,
+                                     write_transaction)
 from tests.support.writer import create_schema
 
 WAIT_S = 120
-
-
-def migrate(prod: Path, *statements: str) -> None:
-    """One application transaction on its own connection (the writer keeps its own)."""
-    conn = sqlite3.connect(prod, isolation_level=None, timeout=60)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in statements:
-            conn.execute(statement)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def shape(db: Path) -> dict[str, tuple[list[str], list[tuple]]]:
@@ -62,12 +51,12 @@ def test_migrations_follow_on_a_delayed_mirror_through_kill_9(bootstrap, funnel_
     cap, app = capture(), apply()
     wait_for(lambda: mirror.exists() and len(table_rows(mirror, "events")) > 0, WAIT_S, 0.3, "the initial copy")
 
-    migrate(prod, "ALTER TABLE events ADD COLUMN note TEXT DEFAULT 'n'",
+    write_transaction(prod, "ALTER TABLE events ADD COLUMN note TEXT DEFAULT 'n'",
             "UPDATE events SET note = 'first' WHERE id = (SELECT max(id) FROM events)")
-    migrate(prod, "CREATE TABLE coupons (code TEXT PRIMARY KEY, pct INTEGER)",
+    write_transaction(prod, "CREATE TABLE coupons (code TEXT PRIMARY KEY, pct INTEGER)",
             "INSERT INTO coupons VALUES ('A', 5), ('B', 10)")
     time.sleep(1)
-    migrate(prod, "ALTER TABLE events RENAME COLUMN note TO remark",
+    write_transaction(prod, "ALTER TABLE events RENAME COLUMN note TO remark",
             "UPDATE events SET remark = 'renamed' WHERE id = (SELECT min(id) FROM events)")
     cap.kill9()  # right after a DDL: the restarted capture follows it, or finds it published
     app.kill9()
@@ -82,7 +71,7 @@ def test_migrations_follow_on_a_delayed_mirror_through_kill_9(bootstrap, funnel_
     assert lines[0].startswith("Error: migration statement 2 failed") and "nothing of the migration" in lines[0]
     app.kill9()
     app = apply()
-    migrate(prod, "ALTER TABLE counters ADD COLUMN label TEXT", "UPDATE counters SET label = 'c' || id",
+    write_transaction(prod, "ALTER TABLE counters ADD COLUMN label TEXT", "UPDATE counters SET label = 'c' || id",
             "INSERT INTO coupons VALUES ('C', 15)")
     assert writer.wait(90) == 0
 

@@ -70,6 +70,18 @@ def start_writer(db: Path, seconds: float, tx_rows: int = 5, pause: float = 0.00
                             stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def write_transaction(db: Path, *statements: str) -> None:
+    """One application transaction on a connection of its own (a writer may hold another)."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def table_rows(db: Path, table: str) -> list[tuple]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
