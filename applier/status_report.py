@@ -17,14 +17,12 @@ from funnel.control import ControlChannel
 from funnel.errors import EventsExpiredError
 from funnel.events import Kind
 from funnel.reader import FunnelReader
-from funnel.records import MirrorStatus, oldest_pending, oldest_pending_age_s, retention_headroom_s
+from funnel.records import (MirrorStatus, SwitchbackPhase, SwitchbackState, oldest_pending, oldest_pending_age_s,
+                            retention_headroom_s)
 from funnel.topic import FunnelAdmin
 
-# Phases of a switchback from which the mirror's state row points into the fresh forward funnel.
-_FORWARD_PHASES = ("forward_ready", "taken_over", "done")
 
-
-def mirror_position(mirror: str, status: MirrorStatus | None, switchback: dict | None, reader: FunnelReader,
+def mirror_position(mirror: str, status: MirrorStatus | None, switchback: SwitchbackState | None, reader: FunnelReader,
                     low: int, now: int) -> tuple[str, int, bool]:
     """(state, next offset, expired) of a mirror, from its status record and what else the funnel knows.
 
@@ -36,11 +34,10 @@ def mirror_position(mirror: str, status: MirrorStatus | None, switchback: dict |
     promoted = status is not None and status.promoted
     if status is not None and status.fresh(now):
         return status.state, status.next_offset, not promoted and status.next_offset < low
-    forward = (switchback or {}).get("forward") or {}
-    if (switchback or {}).get("phase") in _FORWARD_PHASES and "next_offset" in forward and (
-            status is None or status.updated_at < switchback.get("updated_at", 0)):
-        state = "not running (switched back)" if switchback["phase"] == "done" else "switching back"
-        return state, forward["next_offset"], forward["next_offset"] < low
+    forward = switchback.forward_next_offset if switchback else None
+    if forward is not None and (status is None or status.updated_at < switchback.updated_at):
+        state = "not running (switched back)" if switchback.phase is SwitchbackPhase.DONE else "switching back"
+        return state, forward, forward < low
     if status is None:
         try:
             return "never ran", start_offset(reader, mirror), False
@@ -53,7 +50,7 @@ def mirror_position(mirror: str, status: MirrorStatus | None, switchback: dict |
 
 def mirror_report(mirror: str, delay_s: float | None, status: MirrorStatus | None, reader: FunnelReader,
                   low: int, high: int, retention_s: float, now: int,
-                  switchback: dict | None = None) -> dict[str, Any]:
+                  switchback: SwitchbackState | None = None) -> dict[str, Any]:
     """What `funnel status` says about one mirror."""
     state, next_offset, expired = mirror_position(mirror, status, switchback, reader, low, now)
     pending = ([] if state == "promoted" else

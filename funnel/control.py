@@ -37,16 +37,11 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from funnel.errors import ConfigError, FunnelError
 from funnel.kafka import KafkaSettings, control_topic, kafka_error, retry_transient
-from funnel.records import STATUS_STALE_AFTER_S, CaptureStatus, CommandRecord, DelayRecord, MirrorStatus, is_fresh
+from funnel.records import (STATUS_STALE_AFTER_S, CaptureStatus, CommandRecord, DelayRecord, MirrorStatus,
+                            SwitchbackState)
 
 READ_TIMEOUT_S = 15.0
 __all__ = ["STATUS_STALE_AFTER_S"]  # re-exported: where it was defined first
-
-
-def status_is_fresh(record: dict[str, Any] | None, now_us: int) -> bool:
-    """True when ``record`` (an applier's or capture's status, as JSON) was written recently enough
-    that its process still runs (``records.is_fresh``)."""
-    return bool(record) and is_fresh(record.get("updated_at", 0), now_us)
 
 
 # A mirror id is part of control keys ("delay/<id>"), of the applier's consumer group
@@ -112,9 +107,10 @@ class ControlState:
         found = self.records.get(status_key(mirror))
         return None if not found else MirrorStatus.from_json(found)
 
-    def switchback(self, mirror: str) -> dict[str, Any] | None:
-        """The raw switchback record (``applier.switchback.state.SwitchbackState.from_record`` types it)."""
-        return self.records.get(switchback_key(mirror))
+    def switchback(self, mirror: str) -> SwitchbackState | None:
+        """The mirror's switchback record.  Raises SwitchbackError for one this version cannot read."""
+        found = self.records.get(switchback_key(mirror))
+        return None if not found else SwitchbackState.from_json(found)
 
     def mirrors(self) -> list[str]:
         """Every mirror with a delay or a status, sorted."""

@@ -56,3 +56,7 @@ class EventsExpiredError(FunnelError):
 
 class BrokerUnreachableError(BrokerError):
     """No Kafka broker answered at the bootstrap address in time."""
+
+
+class SwitchbackError(TimeFunnelError):
+    """A switchback cannot go on as asked (wrong phase, another cycle, failed check)."""

@@ -17,11 +17,12 @@ The derived numbers are plain functions with ``now`` as a parameter (the style o
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Protocol
 
-from funnel.errors import ConfigError
+from funnel.errors import ConfigError, SwitchbackError
 from funnel.events import Kind
 
 MICROS = 1_000_000
@@ -204,3 +205,91 @@ class CaptureStatus:
 
     def running(self, now: int) -> bool:
         return self.state == "running" and self.fresh(now)
+
+
+class SwitchbackPhase(str, enum.Enum):
+    PREPARING = "preparing"
+    SYNCING = "syncing"
+    COMPLETING = "completing"
+    FROZEN = "frozen"
+    DRAINED = "drained"
+    VERIFIED = "verified"
+    FORWARD_READY = "forward_ready"
+    TAKEN_OVER = "taken_over"
+    DONE = "done"
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+
+    @property
+    def order(self) -> int:
+        return list(SwitchbackPhase).index(self)
+
+
+SWITCHBACK_FINISHED = (SwitchbackPhase.DONE, SwitchbackPhase.ABORTED)
+# The phases from which the mirror's state row points into the fresh forward funnel.
+SWITCHBACK_FORWARD_PHASES = (SwitchbackPhase.FORWARD_READY, SwitchbackPhase.TAKEN_OVER, SwitchbackPhase.DONE)
+REVERSE_MIRROR = "production"  # the reverse applier's mirror id, in production's state table
+
+
+@dataclass(frozen=True)
+class SwitchbackState:
+    """``switchback/<mirror>``: everything a rerun of a switchback needs to know (the state
+    machine is ``applier.switchback.state``); URLs are stored without passwords."""
+
+    funnel: str
+    mirror: str
+    cycle: str
+    phase: SwitchbackPhase
+    from_url: str  # the promoted mirror, serving the application
+    to_url: str  # the original production being rebuilt
+    reverse_funnel: str
+    source_name: str  # the forward capture's source name, for the fresh forward funnel
+    started_at: int  # µs
+    updated_at: int
+    reverse_mirror: str = REVERSE_MIRROR
+    tables: tuple[str, ...] = ()  # the mirror's tables at prepare
+    reset: dict[str, list[str]] | None = None  # what prepare did to production
+    freeze: dict[str, Any] | None = None  # {"marker", "at", "waited_s"}
+    checksums: dict[str, dict[str, Any]] | None = None  # table -> {"rows", "checksum"}
+    forward: dict[str, Any] | None = None  # {"low_offset", "next_offset", "snapshot_txid", "valid_as_of"}
+    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.phase not in SWITCHBACK_FINISHED
+
+    def as_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["phase"] = self.phase.value
+        record["tables"] = list(self.tables)
+        record["history"] = list(self.history)
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        return self.as_record()
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "SwitchbackState":
+        return cls.from_record(record)
+
+    @property
+    def forward_next_offset(self) -> int | None:
+        """Where the mirror continues in the fresh forward funnel, once the switchback got there."""
+        if self.phase in SWITCHBACK_FORWARD_PHASES and self.forward and "next_offset" in self.forward:
+            return self.forward["next_offset"]
+        return None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "SwitchbackState":
+        """Raises SwitchbackError for a record this version cannot read."""
+        try:
+            values = dict(record)
+            values["phase"] = SwitchbackPhase(values["phase"])
+            values["tables"] = tuple(values.get("tables") or ())
+            values["history"] = tuple(values.get("history") or ())
+            known = {name for name in cls.__dataclass_fields__}
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SwitchbackError(f"unreadable switchback record: {exc}",
+                                  hint="inspect it with kcat on the funnel's control topic") from exc

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from applier.switchback.context import SwitchbackContext, same_as
 from applier.switchback.reverse import delete_reverse_funnel, wait_prepare_stopped
-from applier.switchback.state import REVERSE_MIRROR, Phase, SwitchbackState, abort_plan, advance
+from applier.switchback.state import Phase, SwitchbackState, abort_plan, advance
+from funnel.records import REVERSE_MIRROR
 
 
 def abort(ctx: SwitchbackContext, from_url: str | None = None, to_url: str | None = None) -> SwitchbackState:

@@ -11,7 +11,9 @@ from applier.switchback.databases import Database
 from applier.switchback.forward import restart_forward
 from applier.switchback.freeze import freeze_and_drain
 from applier.switchback.reverse import delete_reverse_funnel, wait_prepare_stopped
-from applier.switchback.state import REVERSE_MIRROR, Phase, SwitchbackError, SwitchbackState, advance, complete_decision
+from applier.switchback.state import Phase, SwitchbackState, advance, complete_decision
+from funnel.records import REVERSE_MIRROR
+from funnel.errors import SwitchbackError
 from funnel.control import delay_key
 from funnel.errors import ConfigError
 from funnel.timeparse import format_duration

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from applier.switchback.databases import Database, open_database
 from applier.switchback.pipeline import CapturePort
-from applier.switchback.state import Phase, SwitchbackError, SwitchbackState, advance, failed
+from applier.switchback.state import Phase, SwitchbackState, advance, failed
+from funnel.errors import SwitchbackError
 from applier.switchback.store import StateStore
 from funnel.clock import now_us
 from funnel.control import ControlChannel

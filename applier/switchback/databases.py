@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity
-from applier.switchback.state import SwitchbackError
+from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
 from funnel.urls import masked_password

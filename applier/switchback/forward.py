@@ -10,7 +10,8 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.databases import Database
-from applier.switchback.state import Phase, SwitchbackError, SwitchbackState, advance, note
+from applier.switchback.state import Phase, SwitchbackState, advance, note
+from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.control import source_key
 from funnel.events import Kind

@@ -13,7 +13,8 @@ from applier.switchback.context import SwitchbackContext
 from applier.switchback.databases import Database
 from applier.switchback.pipeline import ReversePipeline
 from applier.switchback.reverse import open_pipeline, progress_line
-from applier.switchback.state import Phase, SwitchbackError, SwitchbackState, advance
+from applier.switchback.state import Phase, SwitchbackState, advance
+from funnel.errors import SwitchbackError
 from funnel.errors import TimeFunnelError
 from funnel.timeparse import format_duration, format_time
 

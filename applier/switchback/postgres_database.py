@@ -16,7 +16,7 @@ from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row, position_to_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
 from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
-from applier.switchback.state import SwitchbackError
+from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
 from funnel.identity import postgres_identity

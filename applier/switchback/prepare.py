@@ -18,8 +18,9 @@ from applier.switchback.compare import plan_reset
 from applier.switchback.context import SwitchbackContext, names_same_database
 from applier.switchback.databases import Database
 from applier.switchback.reverse import open_pipeline, progress_line
-from applier.switchback.state import (REVERSE_MIRROR, Phase, SwitchbackError, SwitchbackState, advance, new_state,
-                                      note, prepare_decision, reverse_funnel_name)
+from applier.switchback.state import Phase, SwitchbackState, advance, new_state, note, prepare_decision, reverse_funnel_name
+from funnel.records import REVERSE_MIRROR
+from funnel.errors import SwitchbackError
 from applier.switchback.store import RecordWatcher
 from applier.transaction import MirrorPosition
 from funnel.control import ControlState

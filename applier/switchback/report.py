@@ -5,7 +5,8 @@ from typing import Any
 
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.databases import open_database
-from applier.switchback.state import REVERSE_MIRROR, next_action
+from applier.switchback.state import next_action
+from funnel.records import REVERSE_MIRROR
 from funnel.control import ControlChannel, status_key
 from funnel.errors import TimeFunnelError
 from funnel.kafka import control_topic

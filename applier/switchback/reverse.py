@@ -10,7 +10,9 @@ from applier.applier import Applier, ApplierOptions
 from applier.sinks import open_sink
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.pipeline import ReversePipeline
-from applier.switchback.state import REVERSE_MIRROR, SwitchbackError, SwitchbackState
+from applier.switchback.state import SwitchbackState
+from funnel.records import REVERSE_MIRROR
+from funnel.errors import SwitchbackError
 from funnel.control import ControlChannel
 from funnel.kafka import control_topic, data_topic, kafka_error
 from funnel.timeparse import format_time

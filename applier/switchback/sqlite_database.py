@@ -21,7 +21,7 @@ from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
 from applier.switchback.databases import FETCH_ROWS, INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
-from applier.switchback.state import SwitchbackError
+from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.identity import sqlite_identity
 from funnel.urls import sqlite_path

@@ -33,42 +33,18 @@ record and call these functions to decide.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from funnel.control import switchback_key
-from funnel.errors import TimeFunnelError
+# The record lives with the other control records (funnel.records), so that `funnel status`
+# reads it typed; this module is its state machine.
+from funnel.errors import SwitchbackError
+from funnel.records import SwitchbackPhase as Phase
+from funnel.records import SwitchbackState
 
-REVERSE_MIRROR = "production"  # the reverse applier's mirror id, in production's state table
-
-
-class SwitchbackError(TimeFunnelError):
-    """A switchback cannot go on as asked (wrong phase, another cycle, failed check)."""
-
-
-class Phase(str, enum.Enum):
-    PREPARING = "preparing"
-    SYNCING = "syncing"
-    COMPLETING = "completing"
-    FROZEN = "frozen"
-    DRAINED = "drained"
-    VERIFIED = "verified"
-    FORWARD_READY = "forward_ready"
-    TAKEN_OVER = "taken_over"
-    DONE = "done"
-    ABORTING = "aborting"
-    ABORTED = "aborted"
-
-    @property
-    def order(self) -> int:
-        return _ORDER.index(self)
-
-
-_ORDER = list(Phase)
 COMPLETE_PHASES = (Phase.COMPLETING, Phase.FROZEN, Phase.DRAINED, Phase.VERIFIED, Phase.FORWARD_READY,
                    Phase.TAKEN_OVER, Phase.DONE)
-FINISHED = (Phase.DONE, Phase.ABORTED)
 # Where an abort cannot take things back: the forward funnel's old events are deleted
 # and the mirror follows production again.
 NO_RETURN = (Phase.FORWARD_READY, Phase.TAKEN_OVER, Phase.DONE)
@@ -96,55 +72,6 @@ def record_key(mirror: str) -> str:
 def reverse_funnel_name(funnel: str, cycle: str) -> str:
     """The reverse funnel of one switchback cycle: a fresh topic per cycle, never reused."""
     return f"{funnel}.switchback-{cycle}"
-
-
-@dataclass(frozen=True)
-class SwitchbackState:
-    """Everything a rerun needs to know; URLs are stored without passwords."""
-
-    funnel: str
-    mirror: str
-    cycle: str
-    phase: Phase
-    from_url: str  # the promoted mirror, serving the application
-    to_url: str  # the original production being rebuilt
-    reverse_funnel: str
-    source_name: str  # the forward capture's source name, for the fresh forward funnel
-    started_at: int  # µs
-    updated_at: int
-    reverse_mirror: str = REVERSE_MIRROR
-    tables: tuple[str, ...] = ()  # the mirror's tables at prepare
-    reset: dict[str, list[str]] | None = None  # what prepare did to production
-    freeze: dict[str, Any] | None = None  # {"marker", "at", "waited_s"}
-    checksums: dict[str, dict[str, Any]] | None = None  # table -> {"rows", "checksum"}
-    forward: dict[str, Any] | None = None  # {"low_offset", "next_offset", "snapshot_txid", "valid_as_of"}
-    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
-    error: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.phase not in FINISHED
-
-    def as_record(self) -> dict[str, Any]:
-        record = asdict(self)
-        record["phase"] = self.phase.value
-        record["tables"] = list(self.tables)
-        record["history"] = list(self.history)
-        return record
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "SwitchbackState":
-        """Raises SwitchbackError for a record this version cannot read."""
-        try:
-            values = dict(record)
-            values["phase"] = Phase(values["phase"])
-            values["tables"] = tuple(values.get("tables") or ())
-            values["history"] = tuple(values.get("history") or ())
-            known = {name for name in cls.__dataclass_fields__}
-            return cls(**{k: v for k, v in values.items() if k in known})
-        except (KeyError, ValueError, TypeError) as exc:
-            raise SwitchbackError(f"unreadable switchback record: {exc}",
-                                  hint="inspect it with kcat on the funnel's control topic") from exc
 
 
 def new_state(funnel: str, mirror: str, cycle: str, from_url: str, to_url: str, source_name: str,

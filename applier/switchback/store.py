@@ -6,8 +6,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from applier.switchback.state import SwitchbackError, SwitchbackState, record_key
-from funnel.control import ControlChannel, decode_record
+from applier.switchback.state import SwitchbackState, record_key
+from funnel.control import ControlChannel, ControlState, decode_record
+from funnel.errors import SwitchbackError
 from funnel.kafka import KafkaSettings, control_topic, kafka_error
 
 
@@ -16,12 +17,12 @@ class StateStore:
 
     def __init__(self, control: ControlChannel, mirror: str) -> None:
         self.control = control
+        self.mirror = mirror
         self.key = record_key(mirror)
 
     def load(self, records: dict[str, dict[str, Any]] | None = None) -> SwitchbackState | None:
         records = self.control.read_all() if records is None else records
-        value = records.get(self.key)
-        return None if value is None else SwitchbackState.from_record(value)
+        return ControlState(records).switchback(self.mirror)
 
     def save(self, state: SwitchbackState, expected: SwitchbackState | None) -> SwitchbackState:
         """Publish ``state`` if the record is still ``expected`` (by cycle and update time).

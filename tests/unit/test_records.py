@@ -9,7 +9,8 @@ from funnel.control import ControlState, delay_key, producer_key, status_key, sw
 from funnel.errors import ConfigError
 from funnel.events import Kind
 from funnel.reader import TransactionSummary
-from funnel.records import (CaptureStatus, CommandRecord, DelayRecord, MirrorStatus, check_delay_fits_retention,
+from funnel.records import (CaptureStatus, CommandRecord, DelayRecord, MirrorStatus, SwitchbackPhase,
+                            check_delay_fits_retention,
                             delay_fits_retention, is_fresh, oldest_pending, retention_headroom_s)
 
 NOW = 1_800_000_000_000_000
@@ -52,16 +53,22 @@ def test_a_delay_must_be_shorter_than_the_retention() -> None:
     assert raised.value.hint
 
 
+SWITCHBACK = {"funnel": "shop", "mirror": "m2", "cycle": "c1", "phase": "done", "from_url": "sqlite:///m.db",
+              "to_url": "sqlite:///p.db", "reverse_funnel": "shop.switchback-c1", "source_name": "src",
+              "started_at": NOW, "updated_at": NOW, "forward": {"next_offset": 40, "low_offset": 40}}
+
+
 def test_the_control_state_reads_typed_records_by_the_keys_control_builds() -> None:
     capture = {"source": "src", "funnel": "shop", "state": "running", "position": 12, "updated_at": NOW,
                "reconnects": 2}
     state = ControlState({delay_key("m1"): {"delay_s": 60, "set_at": NOW},
                           status_key("m2"): MirrorStatus("m2", "shop", "running", 5).to_json(),
-                          producer_key("src"): capture, switchback_key("m2"): {"phase": "done"}})
+                          producer_key("src"): capture, switchback_key("m2"): SWITCHBACK})
     assert state.mirrors() == ["m1", "m2"]
     assert state.delay("m1") == DelayRecord(60.0, NOW) and state.delay("m2") is None
     assert state.status("m2").next_offset == 5 and state.status("m1") is None
-    assert state.captures()["src"].position == 12 and state.switchback("m2") == {"phase": "done"}
+    assert state.captures()["src"].position == 12 and state.switchback("m2").phase is SwitchbackPhase.DONE
+    assert state.switchback("m2").forward_next_offset == 40 and state.switchback("m1") is None
     assert CaptureStatus.from_json(capture).to_json() == {**capture, **CaptureStatus.from_json(capture).to_json()}
     assert CaptureStatus.from_json(capture).to_json()["reconnects"] == 2  # keys newer captures add pass through
     assert CommandRecord.from_json(CommandRecord("c1", "seek", NOW, ("t1",)).to_json()) == \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from applier.status_report import mirror_position
+from funnel.records import SwitchbackState
 from funnel.events import Kind
 from funnel.reader import TransactionSummary
 from funnel.records import MirrorStatus
@@ -44,7 +45,10 @@ def test_a_stopped_mirror_behind_the_oldest_event_is_expired() -> None:
 
 
 def test_after_switchback_complete_the_mirror_continues_at_the_fresh_copy() -> None:
-    switchback = {"phase": "done", "updated_at": STALE + 1, "forward": {"next_offset": 40, "low_offset": 40}}
+    switchback = SwitchbackState.from_json({
+        "funnel": "shop", "mirror": "m1", "cycle": "c1", "phase": "done", "from_url": "sqlite:///m.db",
+        "to_url": "sqlite:///p.db", "reverse_funnel": "shop.switchback-c1", "source_name": "src",
+        "started_at": STALE, "updated_at": STALE + 1, "forward": {"next_offset": 40, "low_offset": 40}})
     assert mirror_position("m1", status("promoted", 7, mode="promoted"), switchback, Reader(), 40, NOW) == \
         ("not running (switched back)", 40, False)
     # once the mirror's applier runs again, its own status is the truth

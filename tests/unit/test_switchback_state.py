@@ -10,8 +10,8 @@ import pytest
 from applier.switchback.compare import (ResetPlan, TableShape, WriteActivity, checksum_rows, compare_checksums,
                                         compare_tables, is_quiet, plan_reset, row_digest, value_bytes)
 from applier.switchback.sqlite_database import _with_affinity
-from applier.switchback.state import (ALLOWED, NO_RETURN, Phase, SwitchbackError, SwitchbackState, abort_plan,
-                                      advance, complete_decision, failed, new_state, next_action, prepare_decision, reverse_funnel_name)
+from applier.switchback.state import ALLOWED, NO_RETURN, Phase, SwitchbackState, abort_plan, advance, complete_decision, failed, new_state, next_action, prepare_decision, reverse_funnel_name
+from funnel.errors import SwitchbackError
 from funnel.urls import without_password
 
 T0 = 1_800_000_000_000_000
