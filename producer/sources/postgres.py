@@ -500,6 +500,11 @@ class PostgresSource:
     # -- public API ------------------------------------------------------------------
 
     @property
+    def capture_ddl(self) -> bool:
+        """Schema changes are captured (the capture status records it for switchback)."""
+        return self._capture_ddl
+
+    @property
     def tables(self) -> list[str]:
         """The captured tables, schema-qualified."""
         return [table.qualified for table in self._tables]

@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
 from funnel.ddl import CREATE_INDEX, DROP_COLUMN, DROP_INDEX, RENAME_TABLE, Action, ColumnDef, Ddl, TableDef, diff
 from funnel.errors import SourceError
 from funnel.events import Op, Row, TableChanges
@@ -40,7 +41,7 @@ from producer.sources import postgres_ddl_sql
 
 log = logging.getLogger("timefunnel.capture.postgres")
 
-SCHEMA = "timefunnel"
+SCHEMA = POSTGRES_CAPTURE_SCHEMA
 
 _FUNCTIONS = (postgres_ddl_sql.DEF_FN, postgres_ddl_sql.PUB_FN, postgres_ddl_sql.ROWS_FN, postgres_ddl_sql.LOG_FN,
               postgres_ddl_sql.TRIGGER_FN)
