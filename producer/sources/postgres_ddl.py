@@ -2,23 +2,33 @@
 
 Logical decoding carries no DDL, so capture installs, per slot, in schema ``timefunnel``:
 
-- ``<slot>_defs(relid, definition)``: the last definition of every table of the captured
-  schemas (columns with attnum, format_type, nullability and default; primary key;
-  plain-column indexes), filled at install;
-- ``<slot>_ddl(id, tag, object_identity, statement, relid, old, new)``: the log, which is
-  in the capture's publication;
-- one SECURITY DEFINER function fired by the event triggers ``<slot>_end``
+- ``<slot>_defs(relid, definition, published)``: the last definition of every table of
+  the captured schemas (columns with attnum, format_type, nullability and default;
+  primary key; plain-column indexes) and whether the publication carries it;
+- ``<slot>_ddl(id, tag, object_identity, statement, relid, old, new, published)``: the
+  log, which is in the capture's publication;
+- ``<slot>_rows(id, relid, vals)``: the rows log, in the publication too, always empty;
+- functions (SQL in ``postgres_ddl_sql``) fired by the event triggers ``<slot>_end``
   (``ddl_command_end``) and ``<slot>_drop`` (``sql_drop``): for every table a command
-  touched it reads the new definition, and when it differs from the stored one it
-  stores it and inserts a log row with the old and the new definition.
+  touched they read the new definition, and when it (or its publication) differs from
+  the stored one they store it and insert a log row with the old and the new definition.
 
 The log row is written in the DDL's own transaction, so its INSERT arrives in the
 replication stream exactly where the DDL happened, between the rows written before and
 after it.  Old and new definition both travel in the row: the difference never depends
 on what a restarted capture knows.  A rename is told apart from a drop and an add by the
-column's attnum, which PostgreSQL keeps.  A table created in a captured schema with a
-key is added to the capture's own publication by the same function, so its rows written
-in the same transaction, after the CREATE, are decoded too.
+column's attnum, which PostgreSQL keeps.
+
+New tables: with capture's own publication and capture by schema, a table created in a
+captured schema with a key (any table under ``--replica-identity-full``, which the
+trigger sets on it) joins the publication in its CREATE's transaction, so its later
+rows are decoded.  Rows it had before it joined (CREATE TABLE AS, SELECT INTO, a key
+added later, an operator adding it to their publication) were never decoded: the
+trigger then logs the table as created (old NULL) and copies its rows into the rows log
+(each as a JSON array of its columns' text forms, with the stream's session settings)
+and deletes them again; the inserts stay in the WAL, and ``DdlFollower`` turns them into
+inserts right after the DDL event.  Which tables the stream side follows: see
+``DdlFollower._follows``.
 
 Event triggers can only be created by a superuser (PostgreSQL 15), so ``--capture-ddl``
 needs a superuser capture role; without the flag nothing here is installed.
@@ -33,7 +43,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
+from funnel.databases.names import INTERNAL_PREFIX, POSTGRES_CAPTURE_SCHEMA, is_internal
 from funnel.ddl import CREATE_INDEX, DROP_COLUMN, DROP_INDEX, RENAME_TABLE, Action, ColumnDef, Ddl, TableDef, diff
 from funnel.errors import SourceError
 from funnel.events import Op, Row, TableChanges
@@ -96,13 +106,18 @@ def install(conn: psycopg.Connection, slot: str, schemas: list[str], publication
     conn.execute(sql.SQL("ALTER TABLE {schema}.{defs} ADD COLUMN IF NOT EXISTS published boolean").format(**n))
     literals = {"publication": sql.Literal(publication), "add_new": sql.Literal(add_new),
                 "full": sql.Literal(full), "busy": sql.Literal(f"timefunnel.busy_{slot}"),
+                "internal": sql.Literal(INTERNAL_PREFIX.replace("_", "\\_") + "%"),
                 "schemas": sql.SQL("{}::text[]").format(sql.Literal(schemas))}
     for text in _FUNCTIONS:
         conn.execute(sql.SQL(text).format(**n, **literals))
+    # Capture's own publication changes in this transaction (a table added to --table) are no
+    # schema change to publish: the triggers step aside until commit (mark_published records them).
+    conn.execute("SELECT set_config(%s, 'on', true)", (f"timefunnel.busy_{slot}",))
     conn.execute(sql.SQL(
         "INSERT INTO {schema}.{defs} SELECT c.oid, {schema}.{deffn}(c.oid) FROM pg_class c "
         "JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = ANY({schemas}) "
-        "AND c.relkind = 'r' AND c.relpersistence = 'p' ON CONFLICT (relid) DO NOTHING").format(**n, **literals))
+        "AND c.relkind = 'r' AND c.relpersistence = 'p' AND c.relname NOT LIKE {internal} "
+        "ON CONFLICT (relid) DO NOTHING").format(**n, **literals))
     for trigger, event in (("end", "ddl_command_end"), ("drop", "sql_drop")):
         if conn.execute("SELECT 1 FROM pg_event_trigger WHERE evtname = %s",
                         (f"{slot}_{trigger}",)).fetchone() is None:
@@ -323,6 +338,8 @@ class DdlFollower:
             published = {"t": True, "f": False}.get(_text(values[7])) if len(values) > 7 else None
         except (IndexError, ValueError, TypeError) as exc:
             raise SourceError(f"replication stream: malformed schema-change log row: {exc}") from exc
+        if is_internal((new or old or {}).get("name", "")):
+            return None  # logged by an older install: timefunnel's own tables are never captured
         info = self._captured.get(relid)
         if info is None and not self._follows(old, new, published):
             return None

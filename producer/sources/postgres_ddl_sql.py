@@ -6,7 +6,8 @@ Python that reads their output so that each file stays readable.
 """
 from __future__ import annotations
 
-# A table's definition as the mirror needs it; NULL for anything but a permanent table.
+# A table's definition as the mirror needs it; NULL for anything but a permanent table, and
+# for timefunnel's own tables (a mirror's or a switchback's _timefunnel_state): never captured.
 DEF_FN = """
 CREATE OR REPLACE FUNCTION {schema}.{deffn}(rel oid) RETURNS jsonb LANGUAGE sql STABLE
 SET search_path = pg_catalog AS $f$
@@ -30,7 +31,7 @@ SELECT jsonb_build_object(
      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
      WHERE i.indrelid = c.oid AND NOT i.indisprimary AND i.indexprs IS NULL AND i.indpred IS NULL), '[]'))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = rel AND c.relkind = 'r' AND c.relpersistence = 'p'
+WHERE c.oid = rel AND c.relkind = 'r' AND c.relpersistence = 'p' AND c.relname NOT LIKE {internal}
 $f$"""
 
 # Whether the capture's publication (ours or the operator's, whatever its form) publishes rel.
