@@ -188,6 +188,7 @@ class CaptureStatus:
     published_rows: int = 0
     published_bytes: int = 0
     updated_at: int = 0
+    capture_ddl: bool = False  # PostgreSQL: schema changes are captured (`capture --capture-ddl`)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys newer captures add
 
     def to_json(self) -> dict[str, Any]:

@@ -256,7 +256,9 @@ class Capture:
                 "published_bytes": self.publisher.published_bytes, "updated_at": self.clock(),
                 # a PostgreSQL source's slot: `funnel apply` refuses the database holding it
                 # (producer.sources.marks), also under an operator's --slot name
-                **({"slot": self.source.slot} if isinstance(getattr(self.source, "slot", None), str) else {})}
+                **({"slot": self.source.slot} if isinstance(getattr(self.source, "slot", None), str) else {}),
+                # what a switchback's captures repeat (applier.switchback.reverse.forward_captures_ddl)
+                **({"capture_ddl": True} if getattr(self.source, "capture_ddl", False) is True else {})}
 
     def _publish_status(self, force: bool = False) -> None:
         if self.control is None:

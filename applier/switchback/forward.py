@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from applier.switchback.context import SwitchbackContext
 from applier.switchback.databases import Database
+from applier.switchback.reverse import forward_captures_ddl
 from applier.switchback.state import Phase, SwitchbackState, advance, note
 from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
@@ -32,8 +33,10 @@ def restart_forward(ctx: SwitchbackContext, state: SwitchbackState, mirror_db: D
                               f"(offsets {low}..{high - 1})", ctx.clock()), state)
         ctx.echo(f"forward: deleted funnel {ctx.funnel!r}'s events before offset {high} (the timeline before "
                  f"the switchback)")
+    # Installed with the event triggers before its slot, so the capture the operator starts next
+    # with --capture-ddl misses no schema change made in between.
     capture = ctx.port.open(to_url, ctx.funnel, state.source_name, sorted(production_db.tables()),
-                            publish_status=False)
+                            publish_status=False, capture_ddl=forward_captures_ddl(ctx, state.source_name))
     try:
         position = capture.start()  # the initial copy, or the one a killed rerun already published
     finally:

@@ -30,8 +30,9 @@ class CapturePort(Protocol):
     """Capture, built outside this package (see ``funnel.cli.switchback``)."""
 
     def open(self, url: str, funnel: str, source_name: str, tables: list[str] | None,
-             publish_status: bool) -> CaptureLike:
-        """A capture of the database at ``url`` into ``funnel``, not started yet."""
+             publish_status: bool, capture_ddl: bool = False) -> CaptureLike:
+        """A capture of the database at ``url`` into ``funnel``, not started yet; with
+        ``capture_ddl`` it captures schema changes too (PostgreSQL)."""
         ...
 
     def remove(self, url: str, funnel: str) -> list[str]:
@@ -41,7 +42,7 @@ class CapturePort(Protocol):
 
     def default_source_name(self, url: str) -> str: ...
 
-    def check(self, url: str, funnel: str, tables: list[str]) -> None:
+    def check(self, url: str, funnel: str, tables: list[str], capture_ddl: bool = False) -> None:
         """Raise if the database at ``url`` cannot be captured into ``funnel`` (a table
         without a key, missing privileges); creates nothing."""
         ...

@@ -18,6 +18,7 @@ from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, Wri
 from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
 from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
+from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
 from funnel.errors import ConfigError
 from funnel.identity import postgres_identity
 from funnel.urls import masked_password
@@ -27,7 +28,7 @@ _PG_TABLES = """
 SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
-  AND c.relname NOT LIKE '\\_timefunnel\\_%%'
+  AND c.relname NOT LIKE '\\_timefunnel\\_%%' AND n.nspname <> '""" + POSTGRES_CAPTURE_SCHEMA + """'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
 ORDER BY 1, 2"""

@@ -17,10 +17,10 @@ from typing import Any
 from applier.switchback.compare import plan_reset
 from applier.switchback.context import SwitchbackContext, names_same_database
 from applier.switchback.databases import Database
-from applier.switchback.reverse import open_pipeline, progress_line
+from applier.switchback.reverse import forward_captures_ddl, open_pipeline, progress_line
 from applier.switchback.state import Phase, SwitchbackState, advance, new_state, note, prepare_decision, reverse_funnel_name
-from funnel.records import REVERSE_MIRROR
 from funnel.errors import SwitchbackError
+from funnel.records import REVERSE_MIRROR
 from applier.switchback.store import RecordWatcher
 from applier.transaction import MirrorPosition
 from funnel.control import ControlState
@@ -57,10 +57,11 @@ def prepare(ctx: SwitchbackContext, to_url: str, from_url: str | None = None, so
     if decision == "new":
         _refuse_running_capture(ctx, records)
         cycle = uuid.uuid4().hex[:8]
-        _check_capturable(ctx, mirror_url, reverse_funnel_name(ctx.funnel, cycle), mirror_db.tables())
+        source_name = source_name or _forward_source(ctx, records, to_url)
+        _check_capturable(ctx, mirror_url, reverse_funnel_name(ctx.funnel, cycle), mirror_db.tables(),
+                          forward_captures_ddl(ctx, source_name))
         state = new_state(ctx.funnel, ctx.mirror, cycle, without_password(mirror_url),
-                          without_password(to_url), source_name or _forward_source(ctx, records, to_url),
-                          tuple(sorted(mirror_db.tables())), ctx.clock())
+                          without_password(to_url), source_name, tuple(sorted(mirror_db.tables())), ctx.clock())
         state = ctx.store.save(state, previous)
         ctx.echo(f"switchback of mirror {ctx.mirror!r}: from {state.from_url} (promoted, serving) to "
                  f"{state.to_url} (production to rebuild), reverse funnel {state.reverse_funnel}")
@@ -73,12 +74,19 @@ def prepare(ctx: SwitchbackContext, to_url: str, from_url: str | None = None, so
     return _follow(ctx, state, mirror_url, to_url, stop)
 
 
-def _check_capturable(ctx: SwitchbackContext, mirror_url: str, reverse_funnel: str, tables: Iterable[str]) -> None:
-    """The reverse capture must be able to follow every table of the mirror: found out
-    before production is reset, not after."""
+def _check_capturable(ctx: SwitchbackContext, mirror_url: str, reverse_funnel: str, tables: Iterable[str],
+                      capture_ddl: bool) -> None:
+    """The reverse capture must be able to follow every table of the mirror (and, like the
+    forward capture, its schema changes): found out before production is reset, not after."""
     try:
-        ctx.port.check(mirror_url, reverse_funnel, sorted(tables))
+        ctx.port.check(mirror_url, reverse_funnel, sorted(tables), capture_ddl)
     except SourceError as exc:
+        if capture_ddl and "--capture-ddl" in str(exc):
+            raise SwitchbackError(
+                f"the mirror cannot be captured for the switchback: {exc}",
+                hint="the forward capture captured schema changes (--capture-ddl), so the switchback captures the "
+                     "mirror the same way: pass --from with a superuser role of the mirror, then rerun prepare; "
+                     "nothing was changed") from exc
         raise SwitchbackError(
             f"the mirror cannot be captured for the switchback: {exc}",
             hint="a switchback captures every table of the mirror, so each needs a primary key "

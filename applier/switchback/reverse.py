@@ -22,10 +22,19 @@ from funnel.urls import without_password
 HANDOVER_TIMEOUT_S = 30.0  # how long complete/abort wait for a running prepare to stop
 
 
+def forward_captures_ddl(ctx: SwitchbackContext, source_name: str) -> bool:
+    """Whether the forward capture (source ``source_name``) captured schema changes, as its last
+    status says: the switchback's own captures then do so too, so that a migration run on the
+    promoted mirror reaches production, and one run on production after complete reaches the mirror."""
+    status = ctx.control.state().captures().get(source_name)
+    return bool(status and status.capture_ddl)
+
+
 def open_pipeline(ctx: SwitchbackContext, state: SwitchbackState, mirror_url: str, to_url: str) -> ReversePipeline:
-    """Capture of the mirror into the reverse funnel, applied to production with delay 0 (not started)."""
+    """Capture of the mirror into the reverse funnel, applied to production with delay 0 (not started).
+    The capture captures schema changes when the forward capture did (``forward_captures_ddl``)."""
     capture = ctx.port.open(mirror_url, state.reverse_funnel, f"switchback-{ctx.mirror}", list(state.tables),
-                            publish_status=True)
+                            publish_status=True, capture_ddl=forward_captures_ddl(ctx, state.source_name))
     reverse = state.reverse_funnel
     try:
         sink = open_sink(to_url, create_tables=True,

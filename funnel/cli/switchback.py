@@ -23,13 +23,14 @@ class ProducerPort:
         self.kafka = kafka
         self.poll_interval_s = poll_interval_s
 
-    def open(self, url: str, funnel: str, source_name: str, tables: list[str] | None, publish_status: bool):
+    def open(self, url: str, funnel: str, source_name: str, tables: list[str] | None, publish_status: bool,
+             capture_ddl: bool = False):
         from funnel.control import ControlChannel
         from producer.capture import Capture, CaptureOptions
         from producer.publisher import EventPublisher
         from producer.sources import open_source
 
-        source = open_source(url, tables or None, funnel=funnel)
+        source = open_source(url, tables or None, funnel=funnel, capture_ddl=capture_ddl)
         try:
             publisher = EventPublisher(self.kafka, funnel, source_name)
         except BaseException:
@@ -43,10 +44,10 @@ class ProducerPort:
 
         return uninstall_capture(url, funnel)
 
-    def check(self, url: str, funnel: str, tables: list[str]) -> None:
+    def check(self, url: str, funnel: str, tables: list[str], capture_ddl: bool = False) -> None:
         from producer.sources import open_source
 
-        open_source(url, tables or None, funnel=funnel).close()  # its checks create nothing
+        open_source(url, tables or None, funnel=funnel, capture_ddl=capture_ddl).close()  # its checks create nothing
 
     def default_source_name(self, url: str) -> str:
         from producer.sources import source_name_for

@@ -478,6 +478,8 @@ class PostgresSource:
             with _server_errors(f"cannot inspect database {_database(self._conn)}"):
                 _check_server(self._conn)
                 oids = _table_oids(self._conn, tables, schemas)
+                if capture_ddl and tables is None:  # tables the event trigger saw created and left out
+                    oids = postgres_ddl.left_out(self._conn, slot, oids)
                 self._tables = inspect_tables(self._conn, oids, replica_identity_full)
                 check_schemas([table.schema for table in self._tables], f"database {_database(self._conn)}")
                 check_distinct(self.tables, f"database {_database(self._conn)}")
@@ -498,6 +500,11 @@ class PostgresSource:
     # -- public API ------------------------------------------------------------------
 
     @property
+    def capture_ddl(self) -> bool:
+        """Schema changes are captured (the capture status records it for switchback)."""
+        return self._capture_ddl
+
+    @property
     def tables(self) -> list[str]:
         """The captured tables, schema-qualified."""
         return [table.qualified for table in self._tables]
@@ -514,11 +521,14 @@ class PostgresSource:
                     self._set_identity_full()
                 if self._capture_ddl:
                     postgres_ddl.install(self._conn, self.slot, sorted({t.schema for t in self._tables}),
-                                         self.publication, add_new=self.own_publication and self._capture_new)
+                                         self.publication, add_new=self.own_publication and self._capture_new,
+                                         full=self._replica_identity_full)
                 if self.own_publication:
                     self._sync_publication()
                 elif self._capture_ddl:  # an operator's publication must carry the log too (we are superuser)
                     postgres_ddl.publish_log(self._conn, self.slot, self.publication)
+                if self._capture_ddl:
+                    postgres_ddl.mark_published(self._conn, self.slot)
         except psycopg.Error as exc:
             raise SourceError(f"cannot install capture in database {_database(self._conn)}: {exc}") from exc
 
@@ -739,7 +749,7 @@ class PostgresSource:
         name = sql.Identifier(self.publication)
         idents = [t.ident for t in self._tables]
         if self._capture_ddl:
-            idents.append(postgres_ddl.log_table(self.slot))
+            idents += postgres_ddl.log_tables(self.slot)
         tables = sql.SQL(", ").join(idents)
         exists = self._conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
                                     (self.publication,)).fetchone()
@@ -802,10 +812,9 @@ class PostgresSource:
         self._stream = stream
         assembler = _Assembler({t.oid: t for t in self._tables})
         if self._capture_ddl:
-            relid = postgres_ddl.log_relid(self._conn, self.slot)
-            if relid is not None:
-                assembler.ddl = postgres_ddl.DdlFollower(relid, assembler.captured, self._capture_new,
-                                                         adopt=self._capture_new and self.own_publication)
+            assembler.ddl = postgres_ddl.follower(self._conn, self.slot, assembler.captured,
+                                                  capture_new=self._capture_new, own_publication=self.own_publication,
+                                                  publication=self.publication, full=self._replica_identity_full)
         self._reader = _StreamReader(stream, assembler, confirmed, self._clock)
         log.info("streaming slot %s from %s", self.slot, lsn_to_text(confirmed))
         return self._reader
@@ -1264,11 +1273,9 @@ class _Assembler:
                                            [c in table.key for c in columns])
 
     def _insert(self, message: Insert) -> None:
-        if self.ddl is not None and message.relid == self.ddl.relid:
-            change = self.ddl.change(message.new)
-            if change is not None:
-                self._open("ddl").changes.append(change)
-                self._group = None
+        if self.ddl is not None and message.relid in self.ddl.relids:  # the DDL log or the rows log
+            self.ddl.insert(message.relid, message.new, self._open("ddl").changes)
+            self._group = None
             return
         plan = self._plan(message.relid)
         if plan is not None:

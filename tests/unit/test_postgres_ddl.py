@@ -92,3 +92,39 @@ def test_postgres_defaults_become_what_a_sqlite_mirror_accepts():
     assert _sqlite_default("true") == "1" and _sqlite_default(None) is None
     assert _sqlite_default("nextval('s'::regclass)") is False  # refused: not a literal
     assert _sqlite_default("'x'") == "'x'" and _sqlite_default("(1 + 2)") == "(1 + 2)"  # SQLite sources' own
+
+
+def published_row(relid, old, new, published, tag="CREATE TABLE"):
+    return row(relid, old, new, tag) + [b"t" if published else b"f"]
+
+
+def test_a_new_table_is_followed_only_when_the_publication_carries_it_and_capture_is_by_schema():
+    keyless = table("k", [col(1, "v")], key=())
+    captured = {}
+    follower = DdlFollower(99, captured, capture_new=True, rows_relid=98, publication="ops", own_publication=False)
+    assert follower.change(published_row(8, None, table("t", [col(1, "id", nullable=False)]), False)) is None
+    assert 8 not in captured, "not in the operator's publication (yet)"
+    entered = follower.change(published_row(8, None, table("t", [col(1, "id", nullable=False)]), True,
+                                            "ALTER PUBLICATION"))
+    assert entered.op is Op.DDL and kinds(entered.ddl) == [(CREATE_TABLE, "public.t", None)] and 8 in captured
+    full = DdlFollower(99, {}, capture_new=True, full=True)
+    multiset = full.change(published_row(9, None, keyless, True))
+    assert multiset.key == [] and kinds(multiset.ddl) == [(CREATE_TABLE, "public.k", None)]
+    by_name = DdlFollower(99, {}, capture_new=False)  # --table: only the named tables
+    assert by_name.change(published_row(9, None, keyless, True)) is None
+
+
+def test_rows_log_rows_become_inserts_after_the_create_in_one_group():
+    captured = {}
+    follower = DdlFollower(99, captured, capture_new=True, rows_relid=98, full=True)
+    columns = [col(1, "id", nullable=False), {**col(2, "raw", "bytea"), "typid": 17},
+               {**col(3, "ok", "boolean"), "typid": 16}, {**col(4, "at", "timestamp with time zone"), "typid": 1184}]
+    changes = []
+    follower.insert(99, published_row(8, None, table("c", columns, key=()), True, "CREATE TABLE AS"), changes)
+    for vals in (["1", "\\x00ff", "t", "2026-01-02 03:04:05+00"], ["2", None, None, None]):
+        follower.insert(98, [b"1", b"8", json.dumps(vals).encode()], changes)
+    follower.insert(98, [b"2", b"77", b'["x"]'], changes)  # a table not captured: nothing
+    assert [c.op for c in changes] == [Op.DDL, Op.INSERT]
+    assert changes[1].table == "public.c" and changes[1].key == [] and changes[1].columns == ["id", "raw", "ok", "at"]
+    assert [r.after for r in changes[1].rows] == [[1, b"\x00\xff", True, "2026-01-02 03:04:05+00"],
+                                                  [2, None, None, None]]
