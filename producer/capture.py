@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError, TimeFunnelError
+from funnel.records import CaptureStatus
 from funnel.timeparse import format_duration
 from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, now_us
 from producer.sources.base import SourceDisconnected, SourceTransaction
@@ -244,19 +245,19 @@ class Capture:
         since = self.stats.interrupted_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def status(self) -> dict:
-        return {"source": self.publisher.source, "funnel": self.publisher.funnel,
-                "state": "stopped" if self._closing else "running",
-                "position": self.stats.position, "last_commit_ts": self.stats.last_commit_ts,
-                "restarts": self.stats.restarts,
-                "capture_lag_s": self.stats.capture_lag_s,
-                "published_transactions": self.publisher.published_transactions,
-                "published_events": self.publisher.published_events,
-                "published_rows": self.publisher.published_rows,
-                "published_bytes": self.publisher.published_bytes, "updated_at": self.clock(),
-                # a PostgreSQL source's slot: `funnel apply` refuses the database holding it
-                # (producer.sources.marks), also under an operator's --slot name
-                **({"slot": self.source.slot} if isinstance(getattr(self.source, "slot", None), str) else {})}
+    def status(self) -> CaptureStatus:
+        """What this capture reports on the control topic (``producer/<source>``)."""
+        slot = getattr(self.source, "slot", None)
+        return CaptureStatus(
+            source=self.publisher.source, funnel=self.publisher.funnel,
+            state="stopped" if self._closing else "running",
+            position=self.stats.position, last_commit_ts=self.stats.last_commit_ts,
+            restarts=self.stats.restarts, capture_lag_s=self.stats.capture_lag_s,
+            published_transactions=self.publisher.published_transactions,
+            published_events=self.publisher.published_events,
+            published_rows=self.publisher.published_rows,
+            published_bytes=self.publisher.published_bytes, updated_at=self.clock(),
+            slot=slot if isinstance(slot, str) else None)
 
     def _publish_status(self, force: bool = False) -> None:
         if self.control is None:
@@ -265,7 +266,7 @@ class Capture:
             return
         self._last_status = time.monotonic()
         try:
-            self.control.write(producer_key(self.publisher.source), self.status(), flush=False)
+            self.control.write(producer_key(self.publisher.source), self.status().to_json(), flush=False)
         except (FunnelError, BufferError) as exc:
             log.warning("cannot publish capture status: %s", exc)
 

@@ -54,8 +54,7 @@ def refuse_funnel_source(kafka: KafkaSettings, url: str, funnel: str) -> None:
 
 def capture_slots(control: ControlState) -> list[str]:
     """The replication slots the funnel's PostgreSQL captures reported in their status records."""
-    return sorted({slot for capture in control.captures().values()
-                   if isinstance(slot := capture.extra.get("slot"), str)})
+    return sorted({capture.slot for capture in control.captures().values() if capture.slot is not None})
 
 
 def _refuse_sqlite(path: str) -> None:
