@@ -26,7 +26,7 @@ from funnel.errors import FunnelError, TimeFunnelError
 from funnel.records import CaptureStatus
 from funnel.timeparse import format_duration
 from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, now_us
-from producer.sources.base import SourceDisconnected, SourceTransaction
+from producer.sources.base import SourceDisconnected, SourceStopped, SourceTransaction
 
 log = logging.getLogger("timefunnel.capture")
 
@@ -48,7 +48,12 @@ class Snapshot(Protocol):
 
 
 class Source(Protocol):
-    """What the capture loop needs of a source adapter (SQLite, PostgreSQL)."""
+    """What the capture loop needs of a source adapter (SQLite, PostgreSQL).
+
+    Optional: ``stop_waits_on(stop)`` for a source whose calls may wait long for the
+    database (SQLite's write lock); it raises SourceStopped from such a wait once
+    ``stop`` is set, and the capture ends as if stopped between two steps.
+    """
 
     def install(self, resuming: bool = False) -> None: ...
 
@@ -141,27 +146,36 @@ class Capture:
         retrying cannot cure (a source that cannot be captured, a row too large).
         """
         stop = stop or threading.Event()
+        # A source that waits for the database (SQLite's write lock) stops waiting on it.
+        stop_waits_on = getattr(self.source, "stop_waits_on", None)
+        if stop_waits_on is not None:
+            stop_waits_on(stop)
         try:
-            try:
-                position: int | None = self.start()
-            except (FunnelError, SourceDisconnected) as exc:  # e.g. the broker went away during the copy
-                position = self.ride_through(exc, stop)
-            backlog = False
-            while position is not None and not stop.is_set():
-                try:
-                    # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
-                    # capture sealing in a tight loop would starve the application's writers.
-                    backlog, position = self.step(position, seal=not backlog)
-                except (FunnelError, SourceDisconnected) as exc:
-                    position, backlog = self.ride_through(exc, stop), True
-                    continue
-                if not backlog:
-                    stop.wait(self.options.poll_interval_s)
+            self._loop(stop)
+        except SourceStopped:
+            log.info("capture stopped while the source waited for the database")
         except BaseException:
             self._failed = True
             raise
         finally:
             self.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        try:
+            position: int | None = self.start()
+        except (FunnelError, SourceDisconnected) as exc:  # e.g. the broker went away during the copy
+            position = self.ride_through(exc, stop)
+        backlog = False
+        while position is not None and not stop.is_set():
+            try:
+                # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
+                # capture sealing in a tight loop would starve the application's writers.
+                backlog, position = self.step(position, seal=not backlog)
+            except (FunnelError, SourceDisconnected) as exc:
+                position, backlog = self.ride_through(exc, stop), True
+                continue
+            if not backlog:
+                stop.wait(self.options.poll_interval_s)
 
     def ride_through(self, failure: TimeFunnelError, stop: threading.Event) -> int | None:
         """Restart the publisher and rewind the source until both work; returns the

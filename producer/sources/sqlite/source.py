@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +18,7 @@ from funnel.clock import now_us
 from funnel.databases import sqlite as sqlite_files
 from funnel.databases.names import INTERNAL_PREFIX
 from funnel.errors import ConfigError, SourceError
-from producer.sources.base import SourceTransaction
+from producer.sources.base import SourceStopped, SourceTransaction
 from producer.sources.sqlite import changelog, follow, triggers
 from producer.sources.sqlite.catalog import Catalog, Layout
 from producer.sources.sqlite.snapshot import Snapshot
@@ -53,6 +54,7 @@ class SqliteSource:
         self._catalog = Catalog(path, tables, rowid_key)
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
+        self._stop: threading.Event | None = None  # see stop_waits_on
         self._conn = self._connect()
         try:
             self._schema = follow.CapturedSchema(self._inspect(self._conn))
@@ -219,6 +221,24 @@ class SqliteSource:
 
     # -- connections and transactions -------------------------------------------------
 
+    def stop_waits_on(self, stop: threading.Event) -> None:
+        """Once ``stop`` is set, a wait for the write lock ends with SourceStopped.
+
+        The capture calls it with the event its SIGTERM sets: an application holding a
+        long write transaction must not keep a stopped capture alive for busy_timeout_s.
+        """
+        self._stop = stop
+
+    def _begin(self, conn: sqlite3.Connection, begin: str) -> None:
+        """Raises SourceStopped, or sqlite3.Error (a lock held longer than busy_timeout_s)."""
+        if begin != "BEGIN IMMEDIATE":
+            conn.execute(begin)  # a read transaction takes no lock until its first read
+            return
+        stop = self._stop
+        if not sqlite_files.begin_immediate(conn, self._busy_timeout_s, lambda: stop is not None and stop.is_set()):
+            raise SourceStopped(f"stopped while waiting for the write lock of {self.path}",
+                                hint="another connection held a write transaction; nothing was sealed")
+
     def _connect(self) -> sqlite3.Connection:
         """A connection in autocommit mode (we say BEGIN ourselves) to an existing file.
 
@@ -255,7 +275,7 @@ class SqliteSource:
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         try:
-            conn.execute(begin)
+            self._begin(conn, begin)
         except sqlite3.Error as exc:
             raise _wrap(exc, self.path, self._busy_timeout_s) from exc
         try:
