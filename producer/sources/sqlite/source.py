@@ -114,7 +114,8 @@ class SqliteSource:
         Raises SchemaChangedError for a change that cannot be followed (a changed key, a
         new table without one): nothing is sealed then, so no change written after it is
         ever read.  Raises SourceError if capture is not installed or the file stays
-        locked longer than busy_timeout_s.
+        locked longer than busy_timeout_s, and SourceStopped when the event given to
+        ``stop_waits_on`` is set while it waits for the lock (nothing is sealed then).
         """
         # Why a group never splits an application transaction: SQLite has one writer at
         # a time, and BEGIN IMMEDIATE makes this bookkeeping a writer.  While we hold the
