@@ -146,10 +146,13 @@ class Capture:
         retrying cannot cure (a source that cannot be captured, a row too large).
         """
         stop = stop or threading.Event()
-        # A source that waits for the database (SQLite's write lock) stops waiting on it.
-        stop_waits_on = getattr(self.source, "stop_waits_on", None)
-        if stop_waits_on is not None:
-            stop_waits_on(stop)
+        # Waits for the database (SQLite's write lock) and the broker (a transactional
+        # producer's start, during an outage) block where a SIGTERM is not seen: they
+        # look at ``stop`` between short slices instead.
+        for side in (self.source, self.publisher):
+            stop_waits_on = getattr(side, "stop_waits_on", None)
+            if stop_waits_on is not None:
+                stop_waits_on(stop)
         try:
             self._loop(stop)
         except SourceStopped:
