@@ -107,6 +107,7 @@ class Capture:
         self._last_status = 0.0
         self._closing = False
         self._failed = False
+        self._installed = False  # start() got as far as installing capture in the source
 
     def start(self) -> int:
         """Find the resume position, install capture, make the initial copy if the funnel has none.
@@ -115,13 +116,17 @@ class Capture:
         installed (SchemaChangedError otherwise), while a new one installs afresh.
         """
         position = self.publisher.start()
-        self.source.install(resuming=position is not None)
+        self._install(position)
         self._publish_table_definitions()
         if position is None:
             position = self._initial_copy()
         self.stats.position = position
         log.info("capturing into %s from position %d", self.publisher.funnel, position)
         return position
+
+    def _install(self, position: int | None) -> None:
+        self.source.install(resuming=position is not None)
+        self._installed = True
 
     def _publish_table_definitions(self) -> None:
         """Sources that know typed column definitions (PostgreSQL) publish them for mirrors."""
@@ -222,6 +227,8 @@ class Capture:
         """What a restart of capture does: fence and read the tail, then rewind the source."""
         timeout = min(TIMEOUT_S, max(1.0, deadline - time.monotonic()))
         position = self.publisher.restart(timeout)
+        if not self._installed:  # the outage cut start() short before it installed capture
+            self._install(position)
         # Again, in case the outage cut start() short before them; the latest record wins.
         self._publish_table_definitions()
         if position is None:  # the initial copy never committed: make it again

@@ -32,6 +32,7 @@ from producer.sources.base import SourceTransaction
 
 TIMEOUT_S = 30.0
 INIT_SLICE_S = 1.0  # how often a wait for init_transactions looks at the stop event
+RETRY_PAUSE_S = 0.2  # at least this long between two init_transactions calls of one slice loop
 # Keep each message well under the broker's default message.max.bytes (1 MiB).
 MAX_MESSAGE_BYTES = 900_000
 # What librdkafka reports when a newer producer with our transactional.id took over.
@@ -131,21 +132,27 @@ class EventPublisher:
     def _init_transactions(self, timeout_s: float) -> None:
         """``init_transactions`` for up to ``timeout_s``, in slices between which the stop
         event is looked at: it blocks in librdkafka, where a SIGTERM is not seen, and a
-        capture riding through a broker outage spends its time here.  A timed-out call
-        is resumable (librdkafka), so slicing changes nothing else.
+        capture riding through a broker outage spends its time here.  A call that timed
+        out, or met another retriable error, may be made again (librdkafka), so slicing
+        changes nothing else.
         Raises FencedError, FunnelError (also when stopped meanwhile) or ConfigError."""
         what = f"cannot start a transactional producer on funnel {self.funnel!r}"
         deadline = time.monotonic() + timeout_s
         while True:
             stop = self._stop
-            left = max(0.0, deadline - time.monotonic())
+            called = time.monotonic()
+            left = max(0.0, deadline - called)
             try:
                 self._producer.init_transactions(left if stop is None else min(left, INIT_SLICE_S))
                 return
             except KafkaException as exc:
-                if stop is None or not _timed_out(exc) or time.monotonic() >= deadline:
+                # A resumed call may return what the background attempt met meanwhile (a
+                # coordinator still loading): retriable, as one long call would have retried it.
+                if stop is None or not _retriable(exc) or time.monotonic() >= deadline:
                     raise publish_error(exc, what) from exc
-                if stop.is_set():
+                # The pause keeps an error returned at once from spinning; it watches the stop too.
+                if stop.is_set() or stop.wait(max(0.0, min(RETRY_PAUSE_S - (time.monotonic() - called),
+                                                           deadline - time.monotonic()))):
                     raise FunnelError(f"{what}: stopped while waiting for the broker") from exc
 
     def restart(self, timeout_s: float = TIMEOUT_S) -> int | None:
@@ -261,10 +268,10 @@ class EventPublisher:
             self._producer.flush(timeout_s)
 
 
-def _timed_out(exc: KafkaException) -> bool:
-    """A retriable timeout: the call may simply be made again."""
+def _retriable(exc: KafkaException) -> bool:
+    """An error after which ``init_transactions`` may simply be called again (librdkafka's rule)."""
     error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and error.code() == KafkaError._TIMED_OUT and error.retriable()
+    return isinstance(error, KafkaError) and error.retriable() and not error.fatal()
 
 
 def publish_error(exc: KafkaException, what: str) -> FunnelError:

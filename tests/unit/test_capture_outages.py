@@ -204,3 +204,19 @@ def test_without_a_stop_event_the_broker_gets_the_whole_timeout_in_one_wait():
     with pytest.raises(FunnelError, match="cannot start a transactional producer"):
         publisher.start(timeout_s=7.0)
     assert len(publisher._producer.timeouts) == 1 and publisher._producer.timeouts[0] == pytest.approx(7.0, abs=0.1)
+
+
+class FailingStart(FakePublisher):
+    def start(self, timeout_s: float = 30.0) -> int:
+        raise FunnelError("broker not reachable yet")
+
+
+def test_an_outage_at_start_installs_capture_before_it_resumes():
+    """start() failed before it installed capture: the resume installs it, as start would have."""
+    publisher = FailingStart(tail=2)
+    stop = threading.Event()
+    source = FakeSource(5, stop)
+    installs = []
+    source.install = lambda resuming=False: installs.append(resuming)
+    Capture(source, publisher, options=CaptureOptions(poll_interval_s=0.001)).run(stop)
+    assert installs == [True] and publisher.published == [3, 4, 5]
