@@ -89,7 +89,7 @@ def funnel_report(kafka, funnel_name: str, now: int | None = None) -> dict[str, 
                                          info.retention_s, now, control.switchback(m)))
     producers = []
     for capture in control.captures().values():
-        producers.append({**capture.to_json(), "state": capture.state if capture.fresh(now) else "not running",
-                          "status_age_s": (now - capture.updated_at) / 1e6})
+        producers.append({**capture.to_json(), "state": capture.reported_state(now),
+                          "status_age_s": capture.age_s(now)})
     return {"funnel": funnel_name, "retention_s": None if math.isinf(info.retention_s) else info.retention_s,
             "low_watermark": low, "high_watermark": high, "mirrors": reports, "producers": producers, "now": now}

@@ -175,37 +175,56 @@ class MirrorStatus:
 
 @dataclass(frozen=True)
 class CaptureStatus:
-    """``producer/<source>``: what a running capture reports about itself, every second."""
+    """``producer/<source>``: what a running capture reports about itself, every second
+    (``producer.capture.Capture.status``)."""
 
     source: str
     funnel: str = ""
     state: str = "running"  # running | stopped
     position: Any = None
     last_commit_ts: int | None = None
-    capture_lag_s: float = 0.0
+    restarts: int = 0  # recoveries from a failed broker or source connection, by this process
+    capture_lag_s: float = 0.0  # from source commit to committed in Kafka, last publish
     published_transactions: int = 0
     published_events: int = 0
     published_rows: int = 0
     published_bytes: int = 0
     updated_at: int = 0
     capture_ddl: bool = False  # PostgreSQL: schema changes are captured (`capture --capture-ddl`)
+    # A PostgreSQL capture's replication slot: `funnel apply` refuses the database holding it
+    # (producer.sources.marks), also under an operator's --slot name.  Not written when None.
+    slot: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys newer captures add
 
     def to_json(self) -> dict[str, Any]:
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if self.slot is None:
+            del record["slot"]
+        if not self.capture_ddl:  # as before the field existed: older readers see the same keys
+            del record["capture_ddl"]
         return {**self.extra, **record}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "CaptureStatus":
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {key: value for key, value in record.items() if key in names}
+        if not isinstance(known.get("slot"), str):
+            known.pop("slot", None)
         return cls(**known, extra={key: value for key, value in record.items() if key not in names})
 
     def fresh(self, now: int) -> bool:
         return is_fresh(self.updated_at, now)
 
     def running(self, now: int) -> bool:
+        """The one definition: a capture runs when it says so and said so recently."""
         return self.state == "running" and self.fresh(now)
+
+    def reported_state(self, now: int) -> str:
+        """What ``funnel status`` shows: the state it reported, or ``not running`` once stale."""
+        return self.state if self.fresh(now) else "not running"
+
+    def age_s(self, now: int) -> float:
+        return (now - self.updated_at) / MICROS
 
 
 class SwitchbackPhase(str, enum.Enum):

@@ -23,9 +23,10 @@ from typing import Callable, Protocol
 
 from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError, TimeFunnelError
+from funnel.records import CaptureStatus
 from funnel.timeparse import format_duration
 from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, now_us
-from producer.sources.base import SourceDisconnected, SourceTransaction
+from producer.sources.base import SourceDisconnected, SourceStopped, SourceTransaction
 
 log = logging.getLogger("timefunnel.capture")
 
@@ -47,7 +48,12 @@ class Snapshot(Protocol):
 
 
 class Source(Protocol):
-    """What the capture loop needs of a source adapter (SQLite, PostgreSQL)."""
+    """What the capture loop needs of a source adapter (SQLite, PostgreSQL).
+
+    Optional: ``stop_waits_on(stop)`` for a source whose calls may wait long for the
+    database (SQLite's write lock); it raises SourceStopped from such a wait once
+    ``stop`` is set, and the capture ends as if stopped between two steps.
+    """
 
     def install(self, resuming: bool = False) -> None: ...
 
@@ -101,6 +107,7 @@ class Capture:
         self._last_status = 0.0
         self._closing = False
         self._failed = False
+        self._installed = False  # start() got as far as installing capture in the source
 
     def start(self) -> int:
         """Find the resume position, install capture, make the initial copy if the funnel has none.
@@ -109,13 +116,17 @@ class Capture:
         installed (SchemaChangedError otherwise), while a new one installs afresh.
         """
         position = self.publisher.start()
-        self.source.install(resuming=position is not None)
+        self._install(position)
         self._publish_table_definitions()
         if position is None:
             position = self._initial_copy()
         self.stats.position = position
         log.info("capturing into %s from position %d", self.publisher.funnel, position)
         return position
+
+    def _install(self, position: int | None) -> None:
+        self.source.install(resuming=position is not None)
+        self._installed = True
 
     def _publish_table_definitions(self) -> None:
         """Sources that know typed column definitions (PostgreSQL) publish them for mirrors."""
@@ -140,27 +151,39 @@ class Capture:
         retrying cannot cure (a source that cannot be captured, a row too large).
         """
         stop = stop or threading.Event()
+        # Waits for the database (SQLite's write lock) and the broker (a transactional
+        # producer's start, during an outage) block where a SIGTERM is not seen: they
+        # look at ``stop`` between short slices instead.
+        for side in (self.source, self.publisher):
+            stop_waits_on = getattr(side, "stop_waits_on", None)
+            if stop_waits_on is not None:
+                stop_waits_on(stop)
         try:
-            try:
-                position: int | None = self.start()
-            except (FunnelError, SourceDisconnected) as exc:  # e.g. the broker went away during the copy
-                position = self.ride_through(exc, stop)
-            backlog = False
-            while position is not None and not stop.is_set():
-                try:
-                    # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
-                    # capture sealing in a tight loop would starve the application's writers.
-                    backlog, position = self.step(position, seal=not backlog)
-                except (FunnelError, SourceDisconnected) as exc:
-                    position, backlog = self.ride_through(exc, stop), True
-                    continue
-                if not backlog:
-                    stop.wait(self.options.poll_interval_s)
+            self._loop(stop)
+        except SourceStopped:
+            log.info("capture stopped while the source waited for the database")
         except BaseException:
             self._failed = True
             raise
         finally:
             self.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        try:
+            position: int | None = self.start()
+        except (FunnelError, SourceDisconnected) as exc:  # e.g. the broker went away during the copy
+            position = self.ride_through(exc, stop)
+        backlog = False
+        while position is not None and not stop.is_set():
+            try:
+                # Seal on a timer, not back to back: SQLite's write lock is not fair, and a
+                # capture sealing in a tight loop would starve the application's writers.
+                backlog, position = self.step(position, seal=not backlog)
+            except (FunnelError, SourceDisconnected) as exc:
+                position, backlog = self.ride_through(exc, stop), True
+                continue
+            if not backlog:
+                stop.wait(self.options.poll_interval_s)
 
     def ride_through(self, failure: TimeFunnelError, stop: threading.Event) -> int | None:
         """Restart the publisher and rewind the source until both work; returns the
@@ -204,6 +227,8 @@ class Capture:
         """What a restart of capture does: fence and read the tail, then rewind the source."""
         timeout = min(TIMEOUT_S, max(1.0, deadline - time.monotonic()))
         position = self.publisher.restart(timeout)
+        if not self._installed:  # the outage cut start() short before it installed capture
+            self._install(position)
         # Again, in case the outage cut start() short before them; the latest record wins.
         self._publish_table_definitions()
         if position is None:  # the initial copy never committed: make it again
@@ -244,21 +269,21 @@ class Capture:
         since = self.stats.interrupted_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def status(self) -> dict:
-        return {"source": self.publisher.source, "funnel": self.publisher.funnel,
-                "state": "stopped" if self._closing else "running",
-                "position": self.stats.position, "last_commit_ts": self.stats.last_commit_ts,
-                "restarts": self.stats.restarts,
-                "capture_lag_s": self.stats.capture_lag_s,
-                "published_transactions": self.publisher.published_transactions,
-                "published_events": self.publisher.published_events,
-                "published_rows": self.publisher.published_rows,
-                "published_bytes": self.publisher.published_bytes, "updated_at": self.clock(),
-                # a PostgreSQL source's slot: `funnel apply` refuses the database holding it
-                # (producer.sources.marks), also under an operator's --slot name
-                **({"slot": self.source.slot} if isinstance(getattr(self.source, "slot", None), str) else {}),
-                # what a switchback's captures repeat (applier.switchback.reverse.forward_captures_ddl)
-                **({"capture_ddl": True} if getattr(self.source, "capture_ddl", False) is True else {})}
+    def status(self) -> CaptureStatus:
+        """What this capture reports on the control topic (``producer/<source>``)."""
+        slot = getattr(self.source, "slot", None)
+        return CaptureStatus(
+            source=self.publisher.source, funnel=self.publisher.funnel,
+            state="stopped" if self._closing else "running",
+            position=self.stats.position, last_commit_ts=self.stats.last_commit_ts,
+            restarts=self.stats.restarts, capture_lag_s=self.stats.capture_lag_s,
+            published_transactions=self.publisher.published_transactions,
+            published_events=self.publisher.published_events,
+            published_rows=self.publisher.published_rows,
+            published_bytes=self.publisher.published_bytes, updated_at=self.clock(),
+            slot=slot if isinstance(slot, str) else None,
+            # what a switchback's captures repeat (applier.switchback.reverse.forward_captures_ddl)
+            capture_ddl=getattr(self.source, "capture_ddl", False) is True)
 
     def _publish_status(self, force: bool = False) -> None:
         if self.control is None:
@@ -267,7 +292,7 @@ class Capture:
             return
         self._last_status = time.monotonic()
         try:
-            self.control.write(producer_key(self.publisher.source), self.status(), flush=False)
+            self.control.write(producer_key(self.publisher.source), self.status().to_json(), flush=False)
         except (FunnelError, BufferError) as exc:
             log.warning("cannot publish capture status: %s", exc)
 

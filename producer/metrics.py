@@ -1,4 +1,4 @@
-"""Prometheus metrics of a running capture, read from the Capture and its publisher at scrape time.
+"""Prometheus metrics of a running capture, read from its status record (``Capture.status``) at scrape time.
 
 Counters are the publisher's own tallies since the process started: transactions
 (snapshots and source transactions; heartbeats are not transactions), events (Kafka
@@ -24,38 +24,39 @@ class CaptureCollector(Collector):
         self.capture = capture
 
     def collect(self) -> Iterator[Metric]:
-        publisher, stats = self.capture.publisher, self.capture.stats
-        labels = [publisher.funnel, publisher.source]
+        # The numbers it also reports on the control topic come from that one record.
+        status, stats = self.capture.status(), self.capture.stats
+        labels = [status.funnel, status.source]
 
         def family(kind, name: str, doc: str, value: float | None):
             return sample(kind, name, doc, ("funnel", "source"), labels, value)
 
         yield from family(CounterMetricFamily, "timefunnel_published_transactions",
                           "Source transactions and initial copies published into the funnel.",
-                          publisher.published_transactions)
+                          status.published_transactions)
         yield from family(CounterMetricFamily, "timefunnel_published_events",
-                          "Kafka messages published into the funnel, heartbeats included.", publisher.published_events)
+                          "Kafka messages published into the funnel, heartbeats included.", status.published_events)
         yield from family(CounterMetricFamily, "timefunnel_published_rows", "Row changes published into the funnel.",
-                          publisher.published_rows)
+                          status.published_rows)
         yield from family(CounterMetricFamily, "timefunnel_published_bytes",
                           "Encoded bytes of the published events (before Kafka compression).",
-                          publisher.published_bytes)
+                          status.published_bytes)
         yield from family(CounterMetricFamily, "timefunnel_snapshot_rows",
                           "Rows read for the initial copy by this process.", stats.snapshot_rows)
         yield from family(GaugeMetricFamily, "timefunnel_capture_lag_seconds",
                           "Source commit to committed in Kafka, for the last published transaction "
-                          "(0 after an idle heartbeat).", stats.capture_lag_s)
+                          "(0 after an idle heartbeat).", status.capture_lag_s)
         yield from family(CounterMetricFamily, "timefunnel_capture_restarts",
                           "Recoveries from a failed broker or source connection (a new producer, the tail "
-                          "read again), by this process.", stats.restarts)
+                          "read again), by this process.", status.restarts)
         yield from family(GaugeMetricFamily, "timefunnel_capture_interrupted_seconds",
                           "How long capture has been retrying through an outage (0 while it publishes).",
                           self.capture.interrupted_s())
         yield from family(GaugeMetricFamily, "timefunnel_source_position",
-                          "Source position (LSN, changelog sequence) published last.", stats.position)
+                          "Source position (LSN, changelog sequence) published last.", status.position)
         yield from family(GaugeMetricFamily, "timefunnel_source_last_commit_timestamp_seconds",
                           "Source commit time of the last published transaction (unix seconds).",
-                          stats.last_commit_ts / MICROS if stats.last_commit_ts else None)
+                          status.last_commit_ts / MICROS if status.last_commit_ts else None)
 
 
 def serve(capture, port: int, addr: str = "127.0.0.1") -> MetricsEndpoint:

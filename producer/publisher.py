@@ -15,6 +15,7 @@ of this source runs, and retrying would fence it in turn (:class:`FencedError`).
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Iterable, Iterator
@@ -30,6 +31,8 @@ from funnel.kafka import KafkaSettings, data_topic, kafka_error
 from producer.sources.base import SourceTransaction
 
 TIMEOUT_S = 30.0
+INIT_SLICE_S = 1.0  # how often a wait for init_transactions looks at the stop event
+RETRY_PAUSE_S = 0.2  # at least this long between two init_transactions calls of one slice loop
 # Keep each message well under the broker's default message.max.bytes (1 MiB).
 MAX_MESSAGE_BYTES = 900_000
 # What librdkafka reports when a newer producer with our transactional.id took over.
@@ -99,6 +102,7 @@ class EventPublisher:
         self.published_bytes = 0
         self._producer = self._new_producer()
         self._started = False
+        self._stop: threading.Event | None = None  # see stop_waits_on
 
     def _new_producer(self) -> Producer:
         return Producer(self.kafka.client(**{
@@ -116,12 +120,40 @@ class EventPublisher:
         Raises FencedError when a newer capture of this source took over meanwhile,
         FunnelError when the funnel does not exist or the broker is unreachable.
         """
-        try:
-            self._producer.init_transactions(timeout_s)
-        except KafkaException as exc:
-            raise publish_error(exc, f"cannot start a transactional producer on funnel {self.funnel!r}") from exc
+        self._init_transactions(timeout_s)
         self._started = True
         return last_published_position(self.kafka, self.funnel, self.source, self.codec)
+
+    def stop_waits_on(self, stop: threading.Event) -> None:
+        """Once ``stop`` is set, waiting for the broker to start a transactional producer
+        ends within ``INIT_SLICE_S`` with a FunnelError (the capture then stops)."""
+        self._stop = stop
+
+    def _init_transactions(self, timeout_s: float) -> None:
+        """``init_transactions`` for up to ``timeout_s``, in slices between which the stop
+        event is looked at: it blocks in librdkafka, where a SIGTERM is not seen, and a
+        capture riding through a broker outage spends its time here.  A call that timed
+        out, or met another retriable error, may be made again (librdkafka), so slicing
+        changes nothing else.
+        Raises FencedError, FunnelError (also when stopped meanwhile) or ConfigError."""
+        what = f"cannot start a transactional producer on funnel {self.funnel!r}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stop = self._stop
+            called = time.monotonic()
+            left = max(0.0, deadline - called)
+            try:
+                self._producer.init_transactions(left if stop is None else min(left, INIT_SLICE_S))
+                return
+            except KafkaException as exc:
+                # A resumed call may return what the background attempt met meanwhile (a
+                # coordinator still loading): retriable, as one long call would have retried it.
+                if stop is None or not _retriable(exc) or time.monotonic() >= deadline:
+                    raise publish_error(exc, what) from exc
+                # The pause keeps an error returned at once from spinning; it watches the stop too.
+                if stop.is_set() or stop.wait(max(0.0, min(RETRY_PAUSE_S - (time.monotonic() - called),
+                                                           deadline - time.monotonic()))):
+                    raise FunnelError(f"{what}: stopped while waiting for the broker") from exc
 
     def restart(self, timeout_s: float = TIMEOUT_S) -> int | None:
         """After a failure: a new transactional producer, started exactly like :meth:`start`.
@@ -234,6 +266,12 @@ class EventPublisher:
     def close(self, timeout_s: float = TIMEOUT_S) -> None:
         if self._producer is not None:
             self._producer.flush(timeout_s)
+
+
+def _retriable(exc: KafkaException) -> bool:
+    """An error after which ``init_transactions`` may simply be called again (librdkafka's rule)."""
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.retriable() and not error.fatal()
 
 
 def publish_error(exc: KafkaException, what: str) -> FunnelError:

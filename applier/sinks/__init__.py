@@ -54,11 +54,14 @@ def has_mirror_state(url: str) -> bool:
         import pathlib
         import sqlite3
 
+        from funnel.databases import sqlite as sqlite_files
+
         path = pathlib.Path(sqlite_path(url))
         if not path.is_file():
             return False
         try:
-            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            # 5 s: sqlite3's default busy timeout, which this check always had
+            conn = sqlite_files.connect(str(path), timeout=5.0, read_only=True)
             try:
                 return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                     (STATE_TABLE,)).fetchone() is not None

@@ -20,14 +20,17 @@ from typing import Any
 from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
-from applier.switchback.databases import FETCH_ROWS, INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
+from applier.switchback.databases import FETCH_ROWS, Database, database_errors, fetch_all
 from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
+from funnel.databases import sqlite as sqlite_files
+from funnel.databases.names import INTERNAL_PREFIX
+from funnel.databases.names import SQLITE_CHANGELOG as CHANGELOG
+from funnel.databases.names import quote_ident as quote
 from funnel.identity import sqlite_identity
 from funnel.urls import sqlite_path
 
 FREEZE_PREFIX = "timefunnel_freeze_"
-CHANGELOG = "_timefunnel_changelog"  # the SQLite capture's changelog (producer.sources.sqlite)
 
 
 class SqliteDatabase:
@@ -58,11 +61,8 @@ class SqliteDatabase:
         """The file's device and inode (funnel.identity); None while it does not exist."""
         return sqlite_identity(self.path)
 
-    def _connect(self, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
-        if readonly:
-            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-            return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
-        return sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+    def _connect(self, readonly: bool = False, timeout: float = sqlite_files.BUSY_TIMEOUT_S) -> sqlite3.Connection:
+        return sqlite_files.connect(self.path, timeout=timeout, read_only=readonly)
 
     def _wrap(self, exc: sqlite3.Error, what: str) -> SwitchbackError:
         return SwitchbackError(f"{what} on {self.path}: {exc}")

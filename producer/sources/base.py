@@ -13,6 +13,11 @@ class SourceDisconnected(SourceError):
     not in the funnel."""
 
 
+class SourceStopped(SourceError):
+    """The capture was asked to stop while the source waited for the database (for its
+    write lock): nothing was done, and the capture ends as if stopped between two steps."""
+
+
 @dataclass(slots=True)
 class SourceTransaction:
     """One committed source transaction.

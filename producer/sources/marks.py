@@ -12,13 +12,15 @@ Only reads: nothing is created, not even an empty SQLite file.
 from __future__ import annotations
 
 import os
-import pathlib
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from urllib.parse import urlsplit
 
 from funnel.control import ControlChannel, ControlState
+from funnel.databases import sqlite as sqlite_files
+from funnel.databases.names import INTERNAL_PREFIX as PREFIX
+from funnel.databases.names import SQLITE_CHANGELOG as CHANGELOG
 from funnel.errors import SinkError
 from funnel.kafka import KafkaSettings
 from funnel.urls import masked_password, sqlite_path
@@ -52,18 +54,14 @@ def refuse_funnel_source(kafka: KafkaSettings, url: str, funnel: str) -> None:
 
 def capture_slots(control: ControlState) -> list[str]:
     """The replication slots the funnel's PostgreSQL captures reported in their status records."""
-    return sorted({slot for capture in control.captures().values()
-                   if isinstance(slot := capture.extra.get("slot"), str)})
+    return sorted({capture.slot for capture in control.captures().values() if capture.slot is not None})
 
 
 def _refuse_sqlite(path: str) -> None:
-    from producer.sources.sqlite import CHANGELOG, PREFIX
-
     if not os.path.isfile(path):
         return
     try:
-        uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True, timeout=10)) as conn:
+        with closing(sqlite_files.connect(path, timeout=10, read_only=True)) as conn:
             marks = conn.execute(
                 "SELECT type, name FROM sqlite_schema WHERE (type = 'table' AND name = ?) "
                 "OR (type = 'trigger' AND substr(name, 1, ?) = ?) ORDER BY type, name",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from funnel.clock import now_us
 from funnel.codec import EventCodec
+from funnel.control import ControlChannel
 from funnel.events import Kind
 from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
@@ -413,3 +416,31 @@ def test_publisher_library_publishes_whole_transactions(bootstrap, funnel_name, 
     assert table_rows(mirror, "lines") == [(1, 1, b"\x00\xff")]
     positions = [batches[0].position for _, batches in funnel_transactions(bootstrap, funnel_name)]
     assert positions == [1, 2], "a restarted publisher continues after the last published position"
+
+
+def test_sigterm_ends_a_capture_that_waits_for_the_applications_write_lock(bootstrap, funnel_name, procs, tmp_path):
+    """An application holding a write transaction keeps the capture's seal waiting for the lock;
+    SIGTERM must end the capture within seconds all the same, cleanly (once, it took the
+    30 s busy timeout and then failed)."""
+    prod = tmp_path / "prod.db"
+    create_schema(str(prod))
+    proc = capture(bootstrap, procs, tmp_path, prod, funnel_name)
+    control = ControlChannel(KafkaSettings(bootstrap), funnel_name)
+    wait_for(lambda: any(c.running(now_us()) for c in control.state().captures().values()), 60, 0.5,
+             "the capture to report itself running")
+    application = sqlite3.connect(prod, isolation_level=None)
+    try:
+        application.execute("BEGIN IMMEDIATE")
+        application.execute("INSERT INTO events (id, tx, v) VALUES (1, 1, 'held')")
+        time.sleep(1.0)  # several seal attempts (every 0.2 s) now wait for the lock
+        assert proc.alive()
+        started = time.monotonic()
+        proc.process.send_signal(signal.SIGTERM)
+        returncode = proc.process.wait(40)
+        took = time.monotonic() - started
+    finally:
+        application.execute("ROLLBACK")
+        application.close()
+    assert took < 10, f"capture took {took:.1f}s to stop:\n{proc.output()}"
+    assert returncode == 0, proc.output()
+    assert control.state().captures()[prod.stem].state == "stopped"

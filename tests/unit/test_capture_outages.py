@@ -163,3 +163,60 @@ def test_metrics_count_the_restarts_and_time_an_outage(monkeypatch):
     assert registry.get_sample_value("timefunnel_capture_interrupted_seconds", labels) == 0
     monkeypatch.setattr(runner.stats, "interrupted_since", capture_module.time.monotonic() - 3)
     assert registry.get_sample_value("timefunnel_capture_interrupted_seconds", labels) >= 3
+
+
+class SlowCoordinator:
+    """A producer whose ``init_transactions`` times out every time (the broker is gone)."""
+
+    def __init__(self, stop: threading.Event, stop_after_calls: int) -> None:
+        self.timeouts: list[float] = []
+        self.stop = stop
+        self.stop_after_calls = stop_after_calls
+
+    def init_transactions(self, timeout_s: float) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.timeouts.append(timeout_s)
+        if len(self.timeouts) == self.stop_after_calls:
+            self.stop.set()  # SIGTERM arrives while librdkafka waits
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+
+
+def test_a_stop_ends_the_wait_for_the_broker_within_a_slice():
+    from funnel.kafka import KafkaSettings
+    from producer.publisher import INIT_SLICE_S, EventPublisher
+
+    stop = threading.Event()
+    publisher = EventPublisher(KafkaSettings("127.0.0.1:9"), "shop", "prod")
+    publisher._producer = SlowCoordinator(stop, stop_after_calls=3)
+    publisher.stop_waits_on(stop)
+    with pytest.raises(FunnelError, match="stopped while waiting for the broker"):
+        publisher.start(timeout_s=30.0)
+    assert publisher._producer.timeouts == [INIT_SLICE_S] * 3  # not one 30 s wait
+
+
+def test_without_a_stop_event_the_broker_gets_the_whole_timeout_in_one_wait():
+    from funnel.kafka import KafkaSettings
+    from producer.publisher import EventPublisher
+
+    publisher = EventPublisher(KafkaSettings("127.0.0.1:9"), "shop", "prod")
+    publisher._producer = SlowCoordinator(threading.Event(), stop_after_calls=0)
+    with pytest.raises(FunnelError, match="cannot start a transactional producer"):
+        publisher.start(timeout_s=7.0)
+    assert len(publisher._producer.timeouts) == 1 and publisher._producer.timeouts[0] == pytest.approx(7.0, abs=0.1)
+
+
+class FailingStart(FakePublisher):
+    def start(self, timeout_s: float = 30.0) -> int:
+        raise FunnelError("broker not reachable yet")
+
+
+def test_an_outage_at_start_installs_capture_before_it_resumes():
+    """start() failed before it installed capture: the resume installs it, as start would have."""
+    publisher = FailingStart(tail=2)
+    stop = threading.Event()
+    source = FakeSource(5, stop)
+    installs = []
+    source.install = lambda resuming=False: installs.append(resuming)
+    Capture(source, publisher, options=CaptureOptions(poll_interval_s=0.001)).run(stop)
+    assert installs == [True] and publisher.published == [3, 4, 5]

@@ -15,6 +15,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 import schemas
 from funnel import codec as codec_module
+from funnel import codec_layout
 from funnel.codec import HEADER_SIZE, MAGIC, EventCodec, record_of
 from funnel.ddl import ADD_COLUMN, RENAME_COLUMN, Action, ColumnDef, Ddl, TableDef
 from funnel.errors import CodecError
@@ -305,9 +306,9 @@ def test_shipped_schema_is_what_the_fast_coder_implements() -> None:
     schema = current_schema()
     fields = {f["name"]: f for f in schema["fields"]}
     assert fields["commit_ts"]["type"] == {"type": "long", "logicalType": "timestamp-micros"}
-    assert tuple(fields["kind"]["type"]["symbols"]) == tuple(k.name for k in codec_module._KINDS)
+    assert tuple(fields["kind"]["type"]["symbols"]) == tuple(k.name for k in codec_layout.KINDS)
     ops = fields["changes"]["type"]["items"]["fields"][1]["type"]["symbols"]
-    assert tuple(ops) == tuple(o.name for o in codec_module._OPS)
+    assert tuple(ops) == tuple(o.name for o in codec_layout.OPS)
     assert {k.name for k in Kind} == set(fields["kind"]["type"]["symbols"])
     assert {o.name for o in Op} == set(ops)
 
@@ -319,7 +320,7 @@ def test_codec_refuses_a_newer_schema_without_a_matching_coder(monkeypatch: pyte
     monkeypatch.setattr(schemas, "versions", lambda name: versions)
     codec_module._shipped_schemas.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match="update _write_batch and _read_batch"):
+        with pytest.raises(RuntimeError, match="update write_batch and read_batch"):
             EventCodec()
     finally:
         monkeypatch.undo()

@@ -73,3 +73,18 @@ def test_the_control_state_reads_typed_records_by_the_keys_control_builds() -> N
     assert CaptureStatus.from_json(capture).to_json()["reconnects"] == 2  # keys newer captures add pass through
     assert CommandRecord.from_json(CommandRecord("c1", "seek", NOW, ("t1",)).to_json()) == \
         CommandRecord("c1", "seek", NOW, ("t1",))
+
+
+def test_a_capture_status_types_the_slot_and_restarts_and_writes_no_slot_for_sqlite() -> None:
+    postgres = CaptureStatus("src", "shop", position=12, restarts=2, slot="my_slot", updated_at=NOW)
+    assert CaptureStatus.from_json(postgres.to_json()) == postgres
+    assert postgres.to_json()["slot"] == "my_slot" and postgres.to_json()["restarts"] == 2
+    assert "slot" not in CaptureStatus("src", "shop").to_json()  # the JSON a SQLite capture wrote before
+    assert CaptureStatus.from_json({"source": "src", "slot": 7}).slot is None  # not a slot name
+
+
+def test_a_capture_reports_its_state_until_its_status_goes_stale() -> None:
+    stopped = CaptureStatus("src", state="stopped", updated_at=NOW)
+    assert stopped.reported_state(NOW + 1 * S) == "stopped" and not stopped.running(NOW + 1 * S)
+    assert CaptureStatus("src", updated_at=NOW).reported_state(NOW + 60 * S) == "not running"
+    assert CaptureStatus("src", updated_at=NOW).age_s(NOW + 3 * S) == 3.0

@@ -16,7 +16,7 @@ class Publisher:
 
 
 def status_of(source: object) -> dict:
-    return Capture(source, Publisher()).status()
+    return Capture(source, Publisher()).status().to_json()
 
 
 def test_the_capture_status_records_capture_ddl_and_older_records_read_as_without():

@@ -22,6 +22,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 
+from funnel.databases.names import quote_ident as _q
 from funnel.ddl import CREATE_INDEX, DROP_INDEX, Action, ColumnDef, Ddl, TableDef, diff
 
 # One value of our INSERT trigger after the layout id: NEW."name" (quotes doubled) or NULL.
@@ -141,7 +142,3 @@ def index_ddls(event_table: str, before: dict[str, Index], now: dict[str, Index]
             result.append(Ddl("CREATE INDEX", index.sql, event_table,
                               (Action(CREATE_INDEX, name, columns=index.columns, unique=index.unique),), definition))
     return result
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
