@@ -19,9 +19,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from funnel.databases import postgres_catalog
+from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
 from funnel.errors import SourceError
 
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "timefunnel")  # timefunnel: capture's own
+# Never captured: the system schemas and the capture's own (postgres_ddl's log and definitions).
+EXCLUDED_SCHEMAS = (*postgres_catalog.SYSTEM_SCHEMAS, POSTGRES_CAPTURE_SCHEMA)
 IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 
 
@@ -72,28 +75,6 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpersistence, c.relreplident,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY(%s)"""
 
-_ALL_TABLES_SQL = """
-SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-  AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
-  AND (%s::text[] IS NULL OR n.nspname = ANY(%s::text[]))
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY n.nspname, c.relname"""
-
-_COLUMNS_SQL = """
-SELECT a.attrelid, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attnotnull
-FROM pg_attribute a
-WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-ORDER BY a.attrelid, a.attnum"""
-
-_INDEX_KEYS_SQL = """
-SELECT i.indrelid, i.indisprimary, i.indisreplident,
-       ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord)
-FROM pg_index i WHERE i.indrelid = ANY(%s) AND (i.indisprimary OR i.indisreplident)"""
-
-
 def _domain_bases(conn: psycopg.Connection) -> dict[int, int]:
     """Domain type OID -> its base type OID (through domains of domains)."""
     parents = dict(conn.execute("SELECT oid::int, typbasetype::int FROM pg_type WHERE typtype = 'd'").fetchall())
@@ -113,7 +94,7 @@ def table_oids(conn: psycopg.Connection, names: list[str] | None, schemas: list[
     Raises SourceError for a name that is not a table, or when there is no table at all.
     """
     if names is None:
-        oids = [row[0] for row in conn.execute(_ALL_TABLES_SQL, (list(SYSTEM_SCHEMAS), schemas, schemas))]
+        oids = [oid for oid, _, _ in postgres_catalog.tables(conn, schemas, excluded=EXCLUDED_SCHEMAS)]
         if not oids:
             where = f"schemas {', '.join(schemas)}" if schemas else "any user schema"
             raise SourceError(f"no tables to capture in {where} of database {database(conn)}",
@@ -139,20 +120,14 @@ def inspect_tables(conn: psycopg.Connection, oids: list[int], replica_identity_f
     logged table, or without a key that identifies its rows in the WAL.
     """
     bases = _domain_bases(conn)
-    columns: dict[int, list[ColumnInfo]] = {oid: [] for oid in oids}
-    for relid, name, type_oid, type_sql, not_null in conn.execute(_COLUMNS_SQL, (oids,)):
-        columns[relid].append(ColumnInfo(name, type_oid, bases.get(type_oid, type_oid), type_sql, not_null))
-    keys: dict[tuple[int, str], tuple[str, ...]] = {}
-    for relid, primary, identity_index, names in conn.execute(_INDEX_KEYS_SQL, (oids,)):
-        if primary:
-            keys[(relid, "pk")] = tuple(names)
-        if identity_index:
-            keys[(relid, "ri")] = tuple(names)
+    columns = {oid: [ColumnInfo(c.name, c.type_oid, bases.get(c.type_oid, c.type_oid), c.type_sql, c.not_null)
+                     for c in found] for oid, found in postgres_catalog.columns(conn, oids).items()}
+    keys = postgres_catalog.keys(conn, oids)
     rows = {row[0]: row for row in conn.execute(_TABLES_SQL, (oids,))}
-    return [_table_info(rows[oid], columns[oid], keys, replica_identity_full) for oid in oids]
+    return [_table_info(rows[oid], columns[oid], keys[oid], replica_identity_full) for oid in oids]
 
 
-def _table_info(row: tuple, columns: list[ColumnInfo], keys: dict[tuple[int, str], tuple[str, ...]],
+def _table_info(row: tuple, columns: list[ColumnInfo], keys: postgres_catalog.Keys,
                 replica_identity_full: bool) -> TableInfo:
     oid, schema, name, kind, persistence, identity, owned, selectable, schema_usage = row
     where = f"table {schema}.{name}"
@@ -165,14 +140,14 @@ def _table_info(row: tuple, columns: list[ColumnInfo], keys: dict[tuple[int, str
         raise SourceError(f"{where} is {'unlogged' if persistence == 'u' else 'temporary'}: "
                           "its changes are not in the WAL", hint="ALTER TABLE ... SET LOGGED, or do not capture it")
     table = TableInfo(oid, schema, name, tuple(columns), (), identity, owned, selectable and schema_usage)
-    identity_index = keys.get((oid, "ri"))
+    identity_index = keys.identity_index
     if replica_identity_full:
         # install() sets FULL, which drops the USING INDEX identity: choose the key the
         # table has after it, so the published definition, the initial copy, the stream
         # and a restarted capture all agree.
         table = replace(table, identity="f")
         identity_index = None
-    key = _choose_key(table, keys.get((oid, "pk")), identity_index)
+    key = _choose_key(table, keys.primary, identity_index)
     missing = [column for column in key if column not in table.column_names]
     if missing:
         raise SourceError(f"{where}: key column {missing[0]!r} is a generated column, which logical "
