@@ -122,8 +122,9 @@ class PostgresDatabase:
         return {name: int(count) for name, count in rows if not name.split(".", 1)[1].startswith(INTERNAL_PREFIX)}
 
     def _writers(self, conn) -> list[str]:
+        sessions = conn.execute(_PG_OTHER_SESSIONS, _OURS).fetchall()
         return [f"pid {pid} user {user} app {app!r} {state}: {query}"
-                for pid, user, app, state, writing, query in conn.execute(_PG_OTHER_SESSIONS, _OURS).fetchall() if writing]
+                for pid, user, app, state, writing, query in sessions if writing]
 
     @database_errors
     def write_marker(self) -> Hashable:

@@ -126,7 +126,7 @@ class StreamReader:
 
     def _flush_position(self) -> int:
         """What the slot may forget: what capture acknowledged, or more when nothing is
-        pending (see the module docstring, "Positions")."""
+        pending (see the module docstring)."""
         idle = not self._ready and not self._assembler.in_transaction and self._returned <= self._acked
         return max(self._acked, self._covered) if idle else self._acked
 

@@ -96,7 +96,7 @@ class PostgresSource:
         transaction; idempotent.  Raises SourceError if the server refuses.
 
         ``resuming`` is not checked here: pgoutput describes every relation's columns in
-        the stream itself (see "Limits" for tables added to an existing funnel)."""
+        the stream itself (see "Limits" in the package docstring for tables added to an existing funnel)."""
         try:
             with self._conn.transaction():
                 if self._replica_identity_full:
@@ -140,7 +140,7 @@ class PostgresSource:
         at most ``limit_groups``; those at or below ``position`` are skipped.
 
         Reads what the server has sent without waiting, except for the rest of a
-        transaction already half received (up to PARTIAL_TX_WAIT_S).
+        transaction already half received (up to reader.PARTIAL_TX_WAIT_S).
         Raises SourceError if the slot is missing or busy, or the stream fails.
         """
         if limit_groups < 1:
