@@ -48,8 +48,8 @@ from funnel.kafka import KafkaSettings  # noqa: E402
 from funnel.topic import FunnelAdmin, FunnelSpec  # noqa: E402
 from producer.capture import Capture, CaptureOptions  # noqa: E402
 from producer.publisher import EventPublisher  # noqa: E402
-from producer.sources.pgoutput import lsn_from_text  # noqa: E402
 from producer.sources.postgres import PostgresSource  # noqa: E402
+from producer.sources.postgres.pgoutput import lsn_from_text  # noqa: E402
 from tests.support.pgserver import PrivatePostgres, find_pg_bin  # noqa: E402
 
 ACCOUNTS = 100_000

@@ -58,12 +58,14 @@ def database_identity(url: str) -> str | None:
     if scheme in _PG_SCHEMES:
         import psycopg
 
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="timefunnel") as conn:
+        from funnel.databases import postgres
+
+        with postgres.connect(url, "check", error=IdentityError) as conn:
+            try:
                 return postgres_identity(conn)
-        except psycopg.Error as exc:
-            raise IdentityError(f"cannot connect to {masked_password(url)}: {' '.join(str(exc).split())}",
-                                hint="check the URL, the server, and PGPASSWORD or ~/.pgpass") from exc
+            except psycopg.Error as exc:
+                raise IdentityError(f"cannot read the identity of {masked_password(url)}: {postgres.one_line(exc)}",
+                                    hint="check that the role may connect to the database") from exc
     raise ConfigError(f"unsupported database URL {masked_password(url)!r}",
                       hint="use sqlite:///path/to.db or postgresql://user@host:port/database")
 

@@ -51,6 +51,10 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
     the transaction so the applier knows when it holds all of it.
     """
     total = tx.row_count
+    if total <= chunk_rows:
+        # The common case, once per source transaction: one batch, nothing to cut, so
+        # the groups go as they are (no copies; the loop below would make the same batch).
+        return [ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, 0, total, kind, list(tx.changes))]
     batches: list[ChangeBatch] = []
     current: list[TableChanges] = []
     seq = filled = 0
@@ -217,9 +221,9 @@ class EventPublisher:
         try:
             self._producer.begin_transaction()
             for batch in batches:
-                for payload, batch_rows in self._encode_fitting(batch):
-                    self._produce(batch, payload, errors)
-                    rows += batch_rows
+                for part, payload, part_rows in self._encode_fitting(batch):
+                    self._produce(part, payload, part_rows, errors)
+                    rows += part_rows
                 self._producer.poll(0)
             self._producer.commit_transaction(self.commit_timeout_s)
         except KafkaException as exc:
@@ -233,11 +237,13 @@ class EventPublisher:
         self.published_rows += rows
         return rows
 
-    def _produce(self, batch: ChangeBatch, payload: bytes, errors: list) -> None:
+    def _produce(self, batch: ChangeBatch, payload: bytes, rows: int, errors: list) -> None:
+        """One message: ``payload`` is ``batch`` encoded, holding ``rows`` rows."""
+        message_headers = batch_headers(batch, rows)
         while True:
             try:
                 self._producer.produce(self.topic, value=payload, key=batch.txid.encode(),
-                                       timestamp=batch.commit_ts // 1000, headers=batch_headers(batch),
+                                       timestamp=batch.commit_ts // 1000, headers=message_headers,
                                        on_delivery=lambda err, _m: err and errors.append(err))
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -245,15 +251,20 @@ class EventPublisher:
         self.published_events += 1
         self.published_bytes += len(payload)
 
-    def _encode_fitting(self, batch: ChangeBatch) -> list[tuple[bytes, int]]:
-        """Encode a batch; halve it until each part fits in one Kafka message."""
+    def _encode_fitting(self, batch: ChangeBatch) -> list[tuple[ChangeBatch, bytes, int]]:
+        """Encode a batch; halve it until each part fits in one Kafka message.
+
+        Returns (part, its payload, its rows) for each part: each message's headers must
+        describe its own part (its rows, and whether it ends the transaction), not the
+        batch it was cut from, or a reader would end the transaction at the first half.
+        """
         payload = self.codec.encode(batch)
         rows = batch.row_count
         if len(payload) <= MAX_MESSAGE_BYTES or rows <= 1:
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise CodecError(f"a single row of {batch.changes[0].table!r} encodes to {len(payload)} bytes, "
                                  f"more than a Kafka message holds ({MAX_MESSAGE_BYTES})")
-            return [(payload, rows)]
+            return [(batch, payload, rows)]
         return [part for half in split_batch(batch) for part in self._encode_fitting(half)]
 
     def _abort_quietly(self) -> None:
@@ -285,9 +296,11 @@ def publish_error(exc: KafkaException, what: str) -> FunnelError:
     return kafka_error(exc, what)
 
 
-def batch_headers(batch: ChangeBatch) -> list[tuple[str, bytes]]:
-    """What a reader needs to schedule a message without decoding it (see funnel.headers)."""
-    return headers.encode(batch.commit_ts, batch.kind, batch.row_count, batch.ends_transaction)
+def batch_headers(batch: ChangeBatch, rows: int | None = None) -> list[tuple[str, bytes]]:
+    """What a reader needs to schedule a message without decoding it (see funnel.headers).
+    ``rows``: ``batch.row_count`` when the caller knows it already."""
+    rows = batch.row_count if rows is None else rows
+    return headers.encode(batch.commit_ts, batch.kind, rows, batch.seq + rows >= batch.tx_rows)
 
 
 def split_batch(batch: ChangeBatch) -> list[ChangeBatch]:

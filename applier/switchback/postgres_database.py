@@ -2,7 +2,9 @@
 
 PostgreSQL freeze: ``ALTER DATABASE ... SET default_transaction_read_only = on`` and the
 termination of every other client session of the database except timefunnel's own
-(``application_name`` starting with ``timefunnel``); new sessions start read-only.
+(``application_name`` exactly one of ``funnel.databases.postgres.OUR_APPLICATION_NAMES``,
+which the connection factory forces whatever the operator's URL says: an application that
+calls itself ``timefunnel-fake`` is ended like any other); new sessions start read-only.
 A session that explicitly asks for a read-write transaction is not stopped by that:
 the freeze hook must stop the application.
 """
@@ -18,31 +20,19 @@ from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, Wri
 from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
 from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
+from funnel.databases import postgres as pg
+from funnel.databases import postgres_catalog
 from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
-from funnel.errors import ConfigError
 from funnel.identity import postgres_identity
-from funnel.urls import masked_password
 
 
-_PG_TABLES = """
-SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
-  AND c.relname NOT LIKE '\\_timefunnel\\_%%' AND n.nspname <> '""" + POSTGRES_CAPTURE_SCHEMA + """'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                  AND d.deptype = 'e')
-ORDER BY 1, 2"""
-_PG_COLUMNS = """
-SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
-ORDER BY attnum"""
-_PG_KEY = """
-SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
-JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord"""
 _PG_OTHER_SESSIONS = """
 SELECT pid, usename, application_name, state, backend_xid IS NOT NULL, left(query, 80)
 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-  AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'timefunnel%%'"""
+  AND backend_type = 'client backend' AND coalesce(application_name, '') <> ALL(%s)"""
+
+_OURS = (list(pg.OUR_APPLICATION_NAMES),)  # the sessions a freeze spares: timefunnel's own, by exact name
+ROLE = "switchback"
 
 
 class PostgresDatabase:
@@ -51,23 +41,11 @@ class PostgresDatabase:
     quiet_s = 2.5  # table statistics reach other sessions up to a second late
 
     def __init__(self, url: str) -> None:
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            conninfo_to_dict(url)
-        except Exception as exc:  # psycopg raises ProgrammingError for a malformed URL
-            raise ConfigError(f"bad PostgreSQL URL: {exc}") from exc
+        pg.conninfo(url, ROLE)  # raises ConfigError for a malformed URL
         self.url = url
 
     def _connect(self):
-        import psycopg
-
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
-                                   application_name="timefunnel-switchback")
-        except psycopg.Error as exc:
-            raise SwitchbackError(f"cannot connect to {masked_password(self.url)}: {exc}",
-                                  hint="check the URL, the server, and PGPASSWORD or ~/.pgpass") from exc
+        conn = pg.connect(self.url, ROLE, error=SwitchbackError)
         # The switchback's own sessions write while the database is frozen (state row, unfreeze).
         conn.execute("SET default_transaction_read_only = off")
         return conn
@@ -85,11 +63,16 @@ class PostgresDatabase:
     @database_errors
     def tables(self) -> dict[str, TableShape]:
         with self._connect() as conn:
+            # Partitioned tables as one table (their partitions are not compared on their own).
+            tables = postgres_catalog.tables(
+                conn, kinds="rp", roots_only=True, skip_internal=True,
+                excluded=(*postgres_catalog.SYSTEM_SCHEMAS, POSTGRES_CAPTURE_SCHEMA))  # capture's DDL log
+            oids = [oid for oid, _, _ in tables]
+            columns, keys = postgres_catalog.columns(conn, oids), postgres_catalog.keys(conn, oids)
             shapes = {}
-            for schema, name, oid in conn.execute(_PG_TABLES).fetchall():
-                columns = tuple(row[0] for row in conn.execute(_PG_COLUMNS, (oid,)))
-                key = tuple(row[0] for row in conn.execute(_PG_KEY, (oid,)))
-                shapes[f"{schema}.{name}"] = TableShape(f"{schema}.{name}", columns, key)
+            for oid, schema, name in tables:
+                shapes[f"{schema}.{name}"] = TableShape(f"{schema}.{name}", tuple(c.name for c in columns[oid]),
+                                                        keys[oid].primary or ())
             return shapes
 
     @database_errors
@@ -142,8 +125,9 @@ class PostgresDatabase:
         return {name: int(count) for name, count in rows if not name.split(".", 1)[1].startswith(INTERNAL_PREFIX)}
 
     def _writers(self, conn) -> list[str]:
+        sessions = conn.execute(_PG_OTHER_SESSIONS, _OURS).fetchall()
         return [f"pid {pid} user {user} app {app!r} {state}: {query}"
-                for pid, user, app, state, writing, query in conn.execute(_PG_OTHER_SESSIONS).fetchall() if writing]
+                for pid, user, app, state, writing, query in sessions if writing]
 
     @database_errors
     def write_marker(self) -> Hashable:
@@ -167,7 +151,7 @@ class PostgresDatabase:
             database = conn.execute("SELECT current_database()").fetchone()[0]
             conn.execute(f"ALTER DATABASE {quote(database)} SET default_transaction_read_only = on")
             while True:
-                pids = [row[0] for row in conn.execute(_PG_OTHER_SESSIONS).fetchall()]
+                pids = [row[0] for row in conn.execute(_PG_OTHER_SESSIONS, _OURS).fetchall()]
                 if not pids:
                     break
                 conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))

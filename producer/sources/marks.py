@@ -18,10 +18,11 @@ from contextlib import closing
 from urllib.parse import urlsplit
 
 from funnel.control import ControlChannel, ControlState
+from funnel.databases import postgres
 from funnel.databases import sqlite as sqlite_files
 from funnel.databases.names import INTERNAL_PREFIX as PREFIX
 from funnel.databases.names import SQLITE_CHANGELOG as CHANGELOG
-from funnel.errors import SinkError
+from funnel.errors import SinkError, TimeFunnelError
 from funnel.kafka import KafkaSettings
 from funnel.urls import masked_password, sqlite_path
 
@@ -89,9 +90,9 @@ def _refuse_postgres(url: str, funnel: str, reported_slots: Iterable[str]) -> No
     publication = default_publication_name(slot)
     slots = sorted({slot, *reported_slots})
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="timefunnel-apply-check")
-    except psycopg.Error:
-        return  # unreachable: the sink says so, with its hint about URL and password
+        conn = postgres.connect(url, "check")
+    except TimeFunnelError:
+        return  # unreachable or a malformed URL: the sink says so, with its hint
     try:
         with conn:
             held = [row[0] for row in conn.execute(

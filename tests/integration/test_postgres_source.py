@@ -26,7 +26,7 @@ from funnel.errors import ConfigError, SourceError
 from funnel.events import Op, TableChanges
 from producer.sources import open_source
 from producer.sources.base import SourceTransaction
-from producer.sources.pgoutput import lsn_from_text
+from producer.sources.postgres.pgoutput import lsn_from_text
 from producer.sources.postgres import PostgresSource, default_slot_name
 from tests.support.pgserver import PrivatePostgres, find_pg_bin
 from tests.support.processes import Background, run_funnel, wait_for

@@ -1,4 +1,4 @@
-"""The pgoutput decoder (producer.sources.pgoutput) on hand-built messages, byte by byte
+"""The pgoutput decoder (producer.sources.postgres.pgoutput) on hand-built messages, byte by byte
 as PostgreSQL's "Logical Replication Message Formats" lay them out."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from producer.sources.pgoutput import (
+from producer.sources.postgres.pgoutput import (
     PG_EPOCH_US,
     UNCHANGED,
     XLOGDATA_HEADER,

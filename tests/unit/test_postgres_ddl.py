@@ -1,4 +1,4 @@
-"""The definition difference of the PostgreSQL schema-change log (producer/sources/postgres_ddl)."""
+"""The definition difference of the PostgreSQL schema-change log (producer/sources/postgres/ddl)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 from funnel.ddl import (ADD_COLUMN, ALTER_TYPE, CREATE_INDEX, CREATE_TABLE, DROP_COLUMN, DROP_INDEX, DROP_TABLE,
                         RENAME_COLUMN, RENAME_TABLE, SET_DEFAULT)
 from funnel.events import Op
-from producer.sources.postgres_ddl import DdlFollower, ddl_of
+from producer.sources.postgres.ddl import DdlFollower, ddl_of
 
 
 def col(attnum, name, type_="integer", nullable=True, default=None):

@@ -1,6 +1,6 @@
-"""The server side of ``postgres_ddl``: the functions the event triggers run, as SQL text.
+"""The server side of ``ddl``: the functions the event triggers run, as SQL text.
 
-Formatted with ``postgres_ddl.names(slot)`` (identifiers) and the capture's literals
+Formatted with ``ddl.names(slot)`` (identifiers) and the capture's literals
 (``publication``, ``schemas``, ``add_new``, ``full``, ``busy``).  Kept apart from the
 Python that reads their output so that each file stays readable.
 """

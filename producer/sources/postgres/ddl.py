@@ -8,7 +8,7 @@ Logical decoding carries no DDL, so capture installs, per slot, in schema ``time
 - ``<slot>_ddl(id, tag, object_identity, statement, relid, old, new, published)``: the
   log, which is in the capture's publication;
 - ``<slot>_rows(id, relid, vals)``: the rows log, in the publication too, always empty;
-- functions (SQL in ``postgres_ddl_sql``) fired by the event triggers ``<slot>_end``
+- functions (SQL in ``ddl_sql``) fired by the event triggers ``<slot>_end``
   (``ddl_command_end``) and ``<slot>_drop`` (``sql_drop``): for every table a command
   touched they read the new definition, and when it (or its publication) differs from
   the stored one they store it and insert a log row with the old and the new definition.
@@ -47,7 +47,9 @@ from funnel.databases.names import INTERNAL_PREFIX, POSTGRES_CAPTURE_SCHEMA, is_
 from funnel.ddl import CREATE_INDEX, DROP_COLUMN, DROP_INDEX, RENAME_TABLE, Action, ColumnDef, Ddl, TableDef, diff
 from funnel.errors import SourceError
 from funnel.events import Op, Row, TableChanges
-from producer.sources import postgres_ddl_sql
+from producer.sources.postgres import ddl_sql as postgres_ddl_sql
+from producer.sources.postgres.catalog import ColumnInfo, TableInfo
+from producer.sources.postgres.values import converter
 
 log = logging.getLogger("timefunnel.capture.postgres")
 
@@ -282,7 +284,6 @@ class DdlFollower:
         """
         if not self._adopt or message.relid in self.relids or message.replica_identity not in ("d", "i", "f"):
             return None
-        from producer.sources.postgres import ColumnInfo, TableInfo
 
         columns = tuple(ColumnInfo(c.name, c.type_oid, c.type_oid, "", False) for c in message.columns)
         key = tuple(c.name for c in message.columns if c.in_identity)
@@ -312,7 +313,6 @@ class DdlFollower:
 
     def row(self, values: list) -> TableChanges | None:
         """The insert of one rows-log row (id, relid, vals), or None for a table not captured."""
-        from producer.sources.postgres import _converter
 
         try:
             info = self._captured.get(int(_text(values[1])))
@@ -321,7 +321,7 @@ class DdlFollower:
             texts = json.loads(_text(values[2]))
             if len(texts) != len(info.columns):
                 raise ValueError(f"{len(texts)} values for the {len(info.columns)} columns of {info.qualified}")
-            row = [None if t is None else _converter(c.base_oid)(t.encode()) for c, t in zip(info.columns, texts)]
+            row = [None if t is None else converter(c.base_oid)(t.encode()) for c, t in zip(info.columns, texts)]
         except (IndexError, ValueError, TypeError, KeyError) as exc:
             raise SourceError(f"replication stream: malformed row of the rows log: {exc}") from exc
         return TableChanges(info.qualified, Op.INSERT, info.column_names, list(info.key), [Row(None, row)])
@@ -384,7 +384,6 @@ class DdlFollower:
         if new is None:
             self._captured.pop(relid, None)
             return ()
-        from producer.sources.postgres import ColumnInfo, TableInfo
 
         columns = tuple(ColumnInfo(c["name"], int(c["typid"]), _base(info, c), c["type"], not c["nullable"])
                         for c in new["columns"])
