@@ -83,7 +83,6 @@ SESSION_SETTINGS = (
     "SET DateStyle = 'ISO, YMD'",
     "SET IntervalStyle = 'postgres'",
     "SET synchronous_commit = off",
-    "SET application_name = 'timefunnel-applier'",
 )
 
 TABLE_OID_QUERY = """SELECT c.oid FROM pg_catalog.pg_class c
@@ -406,6 +405,18 @@ def delete_sql(table: str, key: Sequence[str]) -> str:
         raise SinkError(f"table {table} has no key columns; the mirror cannot delete single rows")
     condition = " AND ".join(f"{quote_ident(column)} = %s" for column in key)
     return f"DELETE FROM {table} WHERE {condition}"
+
+
+def delete_keys_sql(table: str, key: Sequence[str], types: Sequence[str]) -> str | None:
+    """DELETE of every row whose key is in the parameters: one array per key column
+    (values in key order), each cast to the column's type.  One statement whatever the
+    number of keys.  None when a key column is an array (unnest would flatten it)."""
+    if not key or any(t.endswith("]") for t in types):
+        return None
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    names = ", ".join(f"k{i}" for i in range(len(key)))
+    condition = " AND ".join(f"m.{quote_ident(c)} = d.k{i}" for i, c in enumerate(key))
+    return f"DELETE FROM {table} AS m USING unnest({arrays}) AS d({names}) WHERE {condition}"
 
 
 def truncate_sql(table: str) -> str:
