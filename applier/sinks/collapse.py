@@ -189,7 +189,8 @@ class Stretch:
 
 
 class Ordered:
-    """Every change in source order; consecutive items of one kind for one plan form one batch."""
+    """Every change in source order; consecutive items of one kind for one plan and one
+    transaction form one batch, so that an error names the transaction exactly."""
 
     __slots__ = ("_batches",)
 
@@ -201,10 +202,10 @@ class Ordered:
         snapshot = group.op == Op.SNAPSHOT
         if plan.keyless:
             kind, items = keyless_step(group.op, group.rows)
-            _append(self._batches, plan, kind, items, txid, snapshot)
+            _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
             return
         for kind, items in keyed_steps(group.op, group.rows, plan.key_of):
-            _append(self._batches, plan, kind, items, txid, snapshot)
+            _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
 
     def batches(self) -> list[Batch]:
         """The batches so far, in order.  Empties the container."""
@@ -212,11 +213,13 @@ class Ordered:
         return batches
 
 
-def _append(batches: list[Batch], plan: Any, kind: str, items: list[Any], txid: str, snapshot: bool) -> None:
+def _append(batches: list[Batch], plan: Any, kind: str, items: list[Any], txid: str, snapshot: bool,
+            same_txid: bool = False) -> None:
     if not items:
         return
     last = batches[-1] if batches else None
-    if last is not None and last.plan is plan and last.kind == kind:
+    if (last is not None and last.plan is plan and last.kind == kind
+            and not (same_txid and last.last_txid != txid)):
         last.items.extend(items)
         last.last_txid = txid
         last.snapshot = last.snapshot or snapshot
