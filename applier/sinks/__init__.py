@@ -69,9 +69,12 @@ def has_mirror_state(url: str) -> bool:
     if scheme in ("postgresql", "postgres"):
         import psycopg
 
+        from funnel.databases import postgres
+        from funnel.errors import TimeFunnelError
+
         try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="timefunnel") as conn:
+            with postgres.connect(url, "applier", what="mirror database") as conn:
                 return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (STATE_TABLE,)).fetchone()[0]
-        except psycopg.Error:
+        except (psycopg.Error, TimeFunnelError):
             return True
     return True

@@ -1,4 +1,4 @@
-"""The PostgreSQL mirror: applies whole source transactions and the position in one commit.
+"""The PostgreSQL mirror: ``MirrorSink`` (the one sink algorithm) over ``PostgresWriter``.
 
 Tables keep their schema (``public.orders`` -> ``"public"."orders"``) and must exist on
 the mirror with production's primary key (none for a keyless table); with
@@ -14,22 +14,20 @@ function: text COPY into a staging table typed like the mirror table, or strings
 with an unknown type in executemany.  Floats and big ints travel exactly (binary float8,
 digits); bytea stays bytes.
 
-How rows are written (see docs/ARCHITECTURE.md, Performance notes):
+How rows are written: ``applier.sinks.mirror.MirrorSink`` folds the row changes of an
+apply call into their net effect per table and key (``applier.sinks.collapse``) and hands
+this writer one batch per table and kind:
 
-* consecutive upserts (snapshot, insert, update) of one table are merged across the
-  source transactions of an apply call and collapsed to the last image per key;
-  consecutive deletes likewise.  A delete first flushes the pending upserts, and an
-  update that changes the key deletes the old key first, so order is kept per key;
-* a batch of ``copy_min_rows`` rows or more, and every batch with snapshot rows, is
+* upserts of ``copy_min_rows`` rows or more, and every batch with snapshot rows, are
   COPYed (text format) into a temp staging table and upserted with one
   ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` -- or COPYed straight into
-  the mirror table when that is empty (an initial copy);
-* smaller batches and all deletes go through ``executemany`` (pipelined by psycopg).
-
-Keyless tables (events with an empty key) are multisets: their rows are never
-collapsed, inserts are plain (COPYed straight into the mirror table from
-``copy_min_rows`` rows), and each update or delete changes one row equal to its before
-image (``postgres_sql``, Keyless tables).
+  the mirror table when that is empty (an initial copy); smaller ones go through
+  ``executemany`` (pipelined by psycopg);
+* deletes are one ``DELETE ... USING unnest(<one array per key column>)``;
+* keyless inserts are COPYed straight into the mirror table from ``copy_min_rows`` rows;
+  keyless updates and deletes change one row each (``postgres_sql``, Keyless tables);
+* in an exact replay (``MirrorSink``, after a mirror-only constraint refused the net
+  effect) every upsert and delete is one pipelined statement, in order.
 
 A mirror table is described once; when an event has a column it lacks, the catalog is
 read again before failing, so a column the operator added while the applier runs is used.
@@ -37,12 +35,6 @@ read again before failing, so a column the operator added while the applier runs
 Rows of one table that carry fewer columns (the capture leaves out an unchanged TOASTed
 value) form their own layout and batch, and upsert only the columns they carry, so the
 mirror keeps the value it has.
-
-The collapse makes one statement touch each key once, which ON CONFLICT DO UPDATE
-requires, and leaves every key as the source left it.  Intermediate states inside a
-batch are skipped, so mirror-only constraints between rows (other unique indexes,
-foreign keys) may fail where production's order would have passed: give mirror tables
-production's primary key and nothing that production does not check the same way.
 
 Not thread-safe: one applier thread owns a sink.
 """

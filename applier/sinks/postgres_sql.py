@@ -40,6 +40,7 @@ from typing import Any
 
 from applier.sinks.base import check_key, is_keyless
 from applier.sinks.state import EPOCH_COLUMN, STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
+from funnel.databases.names import column_list, qualified_name, quote_ident  # noqa: F401 (re-used by ddl)
 from funnel.errors import SinkError
 from funnel.tablenames import postgres_mirror_name
 
@@ -165,21 +166,6 @@ def mirror_table_name(source_table: str) -> tuple[str, str]:
     if not schema or not table or table == STATE_TABLE:
         raise SinkError(f"source table {source_table!r} cannot be mirrored as {schema}.{table}")
     return schema, table
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a double-quoted identifier.  Raises SinkError for NUL, which PostgreSQL cannot store."""
-    if "\x00" in name:
-        raise SinkError(f"identifier {name!r} contains a NUL character")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified_name(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
-
-
-def column_list(columns: Sequence[str]) -> str:
-    return ", ".join(quote_ident(column) for column in columns)
 
 
 # format_type output: names (maybe quoted, maybe schema-qualified), type modifiers,

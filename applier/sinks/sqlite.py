@@ -1,4 +1,7 @@
-"""The SQLite mirror: applies whole source transactions and the position in one commit.
+"""The SQLite mirror: ``MirrorSink`` (the one sink algorithm) over ``SqliteWriter``.
+
+What is SQLite's own: the pragmas, untyped tables created from the events, and one
+``executemany`` per batch (``applier.sinks.collapse``; there are no round trips to save).
 
 Table names are mapped as ``applier.sinks.sqlite_sql`` describes (``main.orders`` and
 ``public.orders`` become ``orders``, ``sales.orders`` becomes ``sales_orders``).  Missing
