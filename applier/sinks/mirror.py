@@ -85,6 +85,9 @@ class MirrorSink:
         nothing of the call) on any database error, a malformed row, a missing mirror
         table or column; FencedError when another sink claimed the mirror.
         """
+        if not isinstance(transactions, (list, tuple)):
+            transactions = list(transactions)  # a replay reads them a second time
+
         def attempt(exact: bool) -> int:
             def work() -> int:
                 applied = self._apply_all(transactions, exact)
@@ -122,6 +125,7 @@ class MirrorSink:
 
     def _apply_all(self, transactions: Sequence[Transaction], exact: bool) -> int:
         pending = Ordered() if exact else Stretch()
+        add = self._add_exact if exact else self._add
         applied = 0
         for transaction in transactions:
             txid = transaction.txid
@@ -134,7 +138,7 @@ class MirrorSink:
                     plan = self._plan(group, txid)
                     if not exact and not pending.fits(group.table, plan):
                         self._flush(pending, exact)  # a new column layout: see collapse
-                    self._add(pending, group, plan, txid)
+                    add(pending, group, plan, txid)
                     applied += len(group.rows)
         self._flush(pending, exact)
         return applied
@@ -150,17 +154,18 @@ class MirrorSink:
                             f"{writer.message(exc)}") from exc
 
     @staticmethod
-    def _add(pending: Stretch | Ordered, group: TableChanges, plan, txid: str) -> None:
+    def _add(pending: Stretch, group: TableChanges, plan, txid: str) -> None:
         try:
-            if isinstance(pending, Stretch):
-                pending.add(group.table, group, plan, txid)
-            else:
-                pending.add(group, plan, txid)
-        except _ROW_ERRORS as exc:
-            raise SinkError(f"malformed {_op_name(group.op)} row image for table {group.table!r} "
-                            f"(txid {txid}): {exc}") from exc
-        except ValueError as exc:
-            raise SinkError(f"unknown operation {group.op!r} for table {group.table!r} (txid {txid})") from exc
+            pending.add(group.table, group, plan, txid)
+        except (*_ROW_ERRORS, ValueError) as exc:
+            raise _group_error(group, txid, exc) from exc
+
+    @staticmethod
+    def _add_exact(pending: Ordered, group: TableChanges, plan, txid: str) -> None:
+        try:
+            pending.add(group, plan, txid)
+        except (*_ROW_ERRORS, ValueError) as exc:
+            raise _group_error(group, txid, exc) from exc
 
     def _barrier(self, group: TableChanges, txid: str) -> None:
         writer = self._writer
@@ -213,6 +218,12 @@ class _Wrap:
         if exc is not None and isinstance(exc, self._writer.errors):
             raise SinkError(f"{self._failure} {self._writer.where}: {self._writer.message(exc)}") from exc
         return False
+
+
+def _group_error(group: TableChanges, txid: str, exc: Exception) -> SinkError:
+    if isinstance(exc, ValueError):
+        return SinkError(f"unknown operation {group.op!r} for table {group.table!r} (txid {txid})")
+    return SinkError(f"malformed {_op_name(group.op)} row image for table {group.table!r} (txid {txid}): {exc}")
 
 
 def _op_name(op: object) -> str:

@@ -117,10 +117,7 @@ class _Plan:
     delete_keys: str | None = None  # keyed: one DELETE of many keys (``delete_keys_sql``)
     update: str | None = None  # keyless: UPDATE of one row equal to the before image
     update_values: Callable[[Image], tuple[Value, ...]] | None = None  # keyless: what ``update`` sets
-
-    @property
-    def keyless(self) -> bool:
-        return self.layout.keyless
+    keyless: bool = False  # a field, not a property: read for every group of a call
 
     def written(self, images: list[Image]) -> list[Image]:
         return images if self.project is None else list(map(self.project, images))
@@ -409,7 +406,7 @@ class PostgresWriter:
                          delete=delete_one_sql(target, shape), key_of=tuple, project=project,
                          update=update_one_sql(target, shape) if updatable else None,
                          update_values=_getter(tuple(columns.index(c) for c in shape.update_columns))
-                         if updatable else None)
+                         if updatable else None, keyless=True)
         types = dict(zip(shape.write_columns, shape.write_types))
         delete_keys = None
         if all(column in types for column in shape.key):

@@ -90,10 +90,7 @@ class _Plan:
     key_of: KeyOf  # the key of a row image: a value (one key column) or a tuple
     single_key: bool
     update: str | None = None  # keyless only: updates one row equal to the before image
-
-    @property
-    def keyless(self) -> bool:
-        return self.update is not None
+    keyless: bool = False  # a field, not a property: read for every group of a call
 
 
 class SqliteWriter:
@@ -253,7 +250,7 @@ class SqliteWriter:
                 raise _keyless_with_primary_key(table, group.table, primary_key)
             return _Plan(table=table, upsert=insert_sql(table, group.columns),
                          delete=delete_one_sql(table, group.columns), key_of=tuple, single_key=False,
-                         update=update_one_sql(table, group.columns))
+                         update=update_one_sql(table, group.columns), keyless=True)
         return _Plan(
             table=table,
             upsert=upsert_sql(table, group.columns, group.key),
