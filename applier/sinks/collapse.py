@@ -159,6 +159,8 @@ class Stretch:
             return
         pending = net.rows
         key_of = plan.key_of
+        if len(group.rows) == 1 and _add_one(pending, group.op, group.rows[0], key_of):
+            return
         for kind, items in keyed_steps(group.op, group.rows, key_of):
             if kind == UPSERT:
                 pending.update(zip(map(key_of, items), items))
@@ -186,6 +188,26 @@ class Stretch:
                 rest.append(Batch(net.plan, UPSERT, images, net.first_txid, net.last_txid, net.snapshot))
         self._tables = {}
         return deletes, rest
+
+
+def _add_one(pending: dict[Hashable, Image | None], op: Op, row: Row, key_of: KeyOf) -> bool:
+    """The one-row group of an OLTP transaction, folded without building lists; as
+    ``keyed_steps`` would.  False for an operation it leaves to ``keyed_steps``."""
+    before, after = row
+    if op == Op.UPDATE:
+        new = key_of(after)
+        if before is not None:
+            old = key_of(before)
+            if old != new:
+                pending[old] = None
+        pending[new] = after
+    elif op == Op.DELETE:
+        pending[key_of(before)] = None
+    elif op in UPSERT_OPS:
+        pending[key_of(after)] = after
+    else:
+        return False
+    return True
 
 
 class Ordered:

@@ -42,6 +42,10 @@ class MirrorSink:
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
         self._state = StateWriter(writer.placeholder, writer.where)
+        # The last plan per table, found by comparing lists: cheaper than the writer's
+        # tuple-keyed cache for every one-row group of an OLTP stream.  Emptied whenever
+        # the writer may have forgotten its plans (a new transaction, a barrier).
+        self._recent: dict[str, tuple[list[str], list[str], object]] = {}
 
     def __enter__(self) -> MirrorSink:
         return self
@@ -104,6 +108,7 @@ class MirrorSink:
         """Run ``work`` in one database transaction.  ``replay``: a constraint violation
         (also a deferred one, at commit) asks for an exact replay instead of failing."""
         writer = self._writer
+        self._recent.clear()
         with self._wrapped(failure):
             writer.begin()
         try:
@@ -133,6 +138,7 @@ class MirrorSink:
                 for group in batch.changes:
                     if group.op in _BARRIERS:
                         self._flush(pending, exact)
+                        self._recent.clear()
                         self._barrier(group, txid)
                         continue
                     plan = self._plan(group, txid)
@@ -144,9 +150,14 @@ class MirrorSink:
         return applied
 
     def _plan(self, group: TableChanges, txid: str):
+        recent = self._recent.get(group.table)
+        if recent is not None and recent[0] == group.columns and recent[1] == group.key:
+            return recent[2]
         writer = self._writer
         try:
-            return writer.plan(group)
+            plan = writer.plan(group)
+            self._recent[group.table] = (group.columns, group.key, plan)
+            return plan
         except SinkError as exc:
             raise SinkError(f"{exc} (txid {txid})", hint=exc.hint) from exc
         except writer.errors as exc:
