@@ -53,27 +53,19 @@ from applier.sinks import ddl as ddl_sql
 from applier.sinks.collapse import Batch
 from applier.sinks.mirror import MirrorSink
 from applier.sinks.postgres_sql import (
-    COLUMNS_QUERY,
-    SCHEMA_EXISTS_QUERY,
     SESSION_SETTINGS,
     STATE_TABLE,
-    TABLE_OID_QUERY,
-    UNIQUE_KEYS_QUERY,
     Layout,
-    MirrorColumn,
     MirrorTable,
     copy_sql,
-    create_schema_sql,
     create_stage_sql,
     create_state_table_sql,
-    create_table_sql,
     delete_keys_sql,
     delete_one_sql,
     delete_sql,
     has_rows_sql,
     insert_values_sql,
     layout,
-    mirror_table_name,
     missing_columns,
     one_line,
     position_select_sql,
@@ -82,6 +74,7 @@ from applier.sinks.postgres_sql import (
     upsert_select_sql,
     upsert_values_sql,
 )
+from applier.sinks.postgres_tables import Catalog, Definitions
 from applier.sinks.state import EPOCH_COLUMN, add_epoch_column_sql, position_from_row
 from applier.transaction import MirrorPosition
 from funnel.databases import postgres as databases_postgres
@@ -101,7 +94,6 @@ Image = Sequence[Value]
 # The key of a row image: the value itself for a one-column key, else a tuple.  An
 # itemgetter either way, so picking keys costs no Python call per row.
 KeyOf = Callable[[Image], Any]
-Definitions = Callable[[], dict[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +154,7 @@ class PostgresWriter:
                  copy_min_rows: int) -> None:
         self.url = url
         self.where = masked_password(url)
-        self.create_tables = create_tables
         self.copy_min_rows = max(1, copy_min_rows)
-        self._table_definitions = table_definitions
-        self._definitions: dict[str, dict[str, Any]] | None = None
-        self._tables: dict[tuple[str, str], MirrorTable] = {}
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Plan] = {}
         self._stages: dict[tuple[str, Layout], tuple[str, str]] = {}  # -> (staging table, upsert SQL)
         self._stage_count = 0  # never reset: a name is never reused within a session
@@ -175,6 +163,7 @@ class PostgresWriter:
         self._closed = False
         self._transaction: psycopg.Transaction | None = None
         self._conn = self._connect()
+        self._catalog = Catalog(lambda: self._conn, create_tables, table_definitions)
 
     # -- connection and transactions --------------------------------------------------
     def _connect(self) -> psycopg.Connection:
@@ -236,7 +225,7 @@ class PostgresWriter:
             pass  # the original error is the one the operator needs; reconnect repairs
 
     def _forget(self) -> None:
-        self._tables.clear()
+        self._catalog.forget()
         self._plans.clear()
         self._stages.clear()
         self._staged.clear()
@@ -361,7 +350,7 @@ class PostgresWriter:
     # -- barriers -----------------------------------------------------------------------
     def truncate(self, source_table: str, txid: str) -> None:
         try:
-            table = self._mirror_table(source_table)
+            table = self._catalog.table(source_table)
             self._conn.execute(truncate_sql(table.qualified))
         except SinkError as exc:
             raise SinkError(f"{exc} (txid {txid})", hint=exc.hint) from exc
@@ -396,9 +385,9 @@ class PostgresWriter:
 
     def _build_plan(self, group: TableChanges) -> _Plan:
         """Prepare SQL for a table layout.  Raises SinkError for a mismatch with the mirror table."""
-        table = self._mirror_table(group.table)
+        table = self._catalog.table(group.table)
         if missing_columns(table, group.columns):
-            table = self._mirror_table(group.table, fresh=True)  # the operator may have just added it
+            table = self._catalog.table(group.table, fresh=True)  # the operator may have just added it
         shape = layout(group.table, table, group.columns, group.key)
         project = None if len(shape.write_index) == len(group.columns) else _getter(shape.write_index)
         target = table.qualified
@@ -418,72 +407,6 @@ class PostgresWriter:
         return _Plan(source=group.table, table=table, layout=shape, upsert=upsert_values_sql(target, shape),
                      delete=delete_sql(target, shape.key), key_of=itemgetter(*shape.key_index),
                      project=project, delete_keys=delete_keys)
-
-    def _mirror_table(self, source: str, fresh: bool = False) -> MirrorTable:
-        """The mirror table of a source table, created if missing and allowed.
-
-        ``fresh``: read the catalog again rather than trust what we read before.
-        Raises SinkError.
-        """
-        schema, name = mirror_table_name(source)
-        if fresh:
-            self._tables.pop((schema, name), None)
-        table = self._tables.get((schema, name))
-        if table is None:
-            table = self._read_table(schema, name) or self._create_table(source, schema, name)
-            self._tables[(schema, name)] = table
-        return table
-
-    def _read_table(self, schema: str, name: str) -> MirrorTable | None:
-        """The catalog's description of a table, or None if there is no such table."""
-        found = self._conn.execute(TABLE_OID_QUERY, (schema, name)).fetchone()
-        if found is None:
-            return None
-        oid = found[0]
-        columns = tuple(MirrorColumn(*row) for row in self._conn.execute(COLUMNS_QUERY, (oid,)))
-        keys = self._conn.execute(UNIQUE_KEYS_QUERY, (oid,)).fetchall()
-        return MirrorTable(schema, name, columns, tuple(tuple(key) for _, key in keys),
-                           has_primary_key=bool(keys) and keys[0][0])
-
-    def _create_table(self, source: str, schema: str, name: str) -> MirrorTable:
-        """Create a missing mirror table from production's definition.
-
-        Raises SinkError when creating is not allowed, no definition is known, or the
-        definition cannot be created (typically a user type missing on the mirror).
-        """
-        if not self.create_tables:
-            raise SinkError(
-                f"mirror table {schema}.{name} does not exist (source table {source!r})",
-                hint="Create it on the mirror with production's definition and primary key, "
-                     "or start the applier with --create-tables.",
-            )
-        definition = self._definition(source)
-        try:
-            if not self._conn.execute(SCHEMA_EXISTS_QUERY, (schema,)).fetchone()[0]:
-                self._conn.execute(create_schema_sql(schema))
-            self._conn.execute(create_table_sql(schema, name, definition))
-        except psycopg.Error as exc:
-            raise SinkError(
-                f"cannot create mirror table {schema}.{name} (source table {source!r}): {one_line(exc)}",
-                hint="User types (enums, domains) are not created by the applier: create them on the "
-                     "mirror as on production, then restart the applier.",
-            ) from exc
-        return self._read_table(schema, name)
-
-    def _definition(self, source: str) -> dict[str, Any]:
-        """Production's definition of ``source``; asks again once if it is not known yet."""
-        if self._table_definitions is None:
-            raise SinkError(f"cannot create mirror table for {source!r}: no table definitions available")
-        for refresh in (self._definitions is None, True):
-            if refresh:
-                self._definitions = self._table_definitions()
-            found = _find_definition(self._definitions, source)
-            if found is not None:
-                return found
-        raise SinkError(
-            f"no definition of table {source!r} was published by the capture; cannot create it on the mirror",
-            hint="Create the table on the mirror by hand, or restart the capture so it publishes definitions.",
-        )
 
 
 class PostgresSink(MirrorSink):
@@ -538,10 +461,3 @@ def _add_epoch_column(conn: psycopg.Connection) -> None:
                          "AND NOT attisdropped", (STATE_TABLE, EPOCH_COLUMN)).fetchone()
     if found is None:
         conn.execute(add_epoch_column_sql("bigint", if_not_exists=True))
-
-
-def _find_definition(definitions: dict[str, dict[str, Any]], source: str) -> dict[str, Any] | None:
-    found = definitions.get(source)
-    if found is not None:
-        return found
-    return next((d for d in definitions.values() if isinstance(d, dict) and d.get("table") == source), None)
