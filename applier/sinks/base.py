@@ -4,8 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from applier.sinks.collapse import Batch
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
+from funnel.events import TableChanges
 
 
 class Sink(Protocol):
@@ -82,3 +84,65 @@ def no_matching_row(table: str, mode: str, missing: int, txids: str) -> SinkErro
         "before image; the mirror differs from production",
         hint="Compare the table with production; re-initialise the mirror from a new funnel if it diverged.",
     )
+
+
+class Writer(Protocol):
+    """What one database adds to the sink algorithm (``applier.sinks.mirror.MirrorSink``).
+
+    Transactions: ``begin``/``commit``/``rollback`` frame one apply or claim; after a
+    rollback the writer forgets what it learnt in it (tables it created may be gone).
+    Errors: the database's own, listed in ``errors`` (``integrity_errors`` for constraint
+    violations, a subset); the sink wraps them with the table and txid.
+    """
+
+    placeholder: str  # "?" or "%s"
+    where: str  # the database, for messages (path, or URL without password)
+    errors: tuple[type[BaseException], ...]
+    integrity_errors: tuple[type[BaseException], ...]
+
+    def message(self, error: BaseException) -> str:
+        """The database's error on one line."""
+        ...
+
+    def ensure_open(self) -> None:
+        """Reconnect a lost connection, or raise SinkError when closed."""
+        ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None:
+        """Roll back if a transaction is open and forget cached tables; never raises."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> object:
+        """One statement in the open transaction (the state table's)."""
+        ...
+
+    def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None: ...
+
+    def plan(self, group: TableChanges) -> object:
+        """The prepared plan of a group's table layout (``keyless``, ``key_of``), cached;
+        creates a missing table where the database may.  Raises SinkError without txid."""
+        ...
+
+    def display(self, plan: object) -> str:
+        """The mirror table of a plan, for messages."""
+        ...
+
+    def write(self, batch: Batch, exact: bool) -> int:
+        """Send a batch (``applier.sinks.collapse``).  ``exact``: the items may repeat keys
+        and must be applied one by one in order.  Returns how many keyless updates or
+        deletes matched no row."""
+        ...
+
+    def truncate(self, source_table: str, txid: str) -> None:
+        """Empty the mirror table of ``source_table`` (nothing if there is none).  Raises SinkError."""
+        ...
+
+    def schema_change(self, group: TableChanges, txid: str) -> None:
+        """Apply a DDL event (``applier.sinks.ddl``) and forget plans.  Raises SinkError."""
+        ...
+
+    def close(self) -> None: ...

@@ -18,6 +18,7 @@ import re
 
 from applier.sinks import postgres_sql, sqlite_sql
 from funnel import ddl as d
+from funnel.databases.names import qualified_name, quote_ident
 from funnel.errors import SinkError
 
 _SQLITE_IGNORED = (d.SET_NOT_NULL, d.DROP_NOT_NULL, d.SET_DEFAULT, d.DROP_DEFAULT)
@@ -76,12 +77,12 @@ def postgres_statements(ddl: d.Ddl, table: str, txid: str) -> list[str]:
     schema, name = postgres_sql.mirror_table_name(ddl.object)
     statements: list[str] = []
     for action in ddl.actions:
-        target = postgres_sql.qualified_name(schema, name)
+        target = qualified_name(schema, name)
         if action.kind == d.RENAME_TABLE:
             new_schema, new_name = postgres_sql.mirror_table_name(action.to or table)
             if new_schema != schema:
                 statements.append(f"ALTER TABLE {target} SET SCHEMA {_pq(new_schema)}")
-                target = postgres_sql.qualified_name(new_schema, name)
+                target = qualified_name(new_schema, name)
             statements.append(f"ALTER TABLE {target} RENAME TO {_pq(new_name)}")
             schema, name = new_schema, new_name
             continue
@@ -178,10 +179,5 @@ def unsupported(dialect: str, ddl: d.Ddl, action: d.Action, txid: str) -> SinkEr
     )
 
 
-def _q(name: str) -> str:
-    return sqlite_sql.quote_ident(name)
-
-
-def _pq(name: str) -> str:
-    return postgres_sql.quote_ident(name)
+_q = _pq = quote_ident
 

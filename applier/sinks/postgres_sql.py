@@ -40,6 +40,7 @@ from typing import Any
 
 from applier.sinks.base import check_key, is_keyless
 from applier.sinks.state import EPOCH_COLUMN, STATE_COLUMNS, STATE_TABLE, state_select_sql, state_upsert_sql
+from funnel.databases.names import column_list, qualified_name, quote_ident  # noqa: F401 (re-used by ddl)
 from funnel.errors import SinkError
 from funnel.tablenames import postgres_mirror_name
 
@@ -83,7 +84,6 @@ SESSION_SETTINGS = (
     "SET DateStyle = 'ISO, YMD'",
     "SET IntervalStyle = 'postgres'",
     "SET synchronous_commit = off",
-    "SET application_name = 'timefunnel-applier'",
 )
 
 TABLE_OID_QUERY = """SELECT c.oid FROM pg_catalog.pg_class c
@@ -166,21 +166,6 @@ def mirror_table_name(source_table: str) -> tuple[str, str]:
     if not schema or not table or table == STATE_TABLE:
         raise SinkError(f"source table {source_table!r} cannot be mirrored as {schema}.{table}")
     return schema, table
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as a double-quoted identifier.  Raises SinkError for NUL, which PostgreSQL cannot store."""
-    if "\x00" in name:
-        raise SinkError(f"identifier {name!r} contains a NUL character")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified_name(schema: str, table: str) -> str:
-    return f"{quote_ident(schema)}.{quote_ident(table)}"
-
-
-def column_list(columns: Sequence[str]) -> str:
-    return ", ".join(quote_ident(column) for column in columns)
 
 
 # format_type output: names (maybe quoted, maybe schema-qualified), type modifiers,
@@ -406,6 +391,18 @@ def delete_sql(table: str, key: Sequence[str]) -> str:
         raise SinkError(f"table {table} has no key columns; the mirror cannot delete single rows")
     condition = " AND ".join(f"{quote_ident(column)} = %s" for column in key)
     return f"DELETE FROM {table} WHERE {condition}"
+
+
+def delete_keys_sql(table: str, key: Sequence[str], types: Sequence[str]) -> str | None:
+    """DELETE of every row whose key is in the parameters: one array per key column
+    (values in key order), each cast to the column's type.  One statement whatever the
+    number of keys.  None when a key column is an array (unnest would flatten it)."""
+    if not key or any(t.endswith("]") for t in types):
+        return None
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    names = ", ".join(f"k{i}" for i in range(len(key)))
+    condition = " AND ".join(f"m.{quote_ident(c)} = d.k{i}" for i, c in enumerate(key))
+    return f"DELETE FROM {table} AS m USING unnest({arrays}) AS d({names}) WHERE {condition}"
 
 
 def truncate_sql(table: str) -> str:

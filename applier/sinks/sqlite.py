@@ -1,4 +1,7 @@
-"""The SQLite mirror: applies whole source transactions and the position in one commit.
+"""The SQLite mirror: ``MirrorSink`` (the one sink algorithm) over ``SqliteWriter``.
+
+What is SQLite's own: the pragmas, untyped tables created from the events, and one
+``executemany`` per batch (``applier.sinks.collapse``; there are no round trips to save).
 
 Table names are mapped as ``applier.sinks.sqlite_sql`` describes (``main.orders`` and
 ``public.orders`` become ``orders``, ``sales.orders`` becomes ``sales_orders``).  Missing
@@ -17,10 +20,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any, Callable
 
+from applier.sinks import collapse
+from applier.sinks import ddl as ddl_sql
+from applier.sinks.base import is_keyless
+from applier.sinks.collapse import Batch
+from applier.sinks.mirror import MirrorSink
 from applier.sinks.sqlite_sql import (
     CREATE_STATE_TABLE,
     create_table_sql,
@@ -30,18 +39,17 @@ from applier.sinks.sqlite_sql import (
     key_indexes,
     mirror_table_name,
     position_select_sql,
-    quote_ident,
     truncate_sql,
     update_one_sql,
     upsert_sql,
 )
-from applier.sinks import ddl as ddl_sql
-from applier.sinks.base import is_keyless, no_matching_row
-from applier.sinks.state import EPOCH_COLUMN, STATE_TABLE, StateWriter, add_epoch_column_sql, position_from_row
-from applier.transaction import MirrorPosition, Transaction
+from applier.sinks.state import EPOCH_COLUMN, STATE_TABLE, add_epoch_column_sql, position_from_row
+from applier.transaction import MirrorPosition
 from funnel import ddl as ddl_model
+from funnel.databases import sqlite as databases_sqlite
+from funnel.databases.names import quote_ident
 from funnel.errors import SinkError
-from funnel.events import Op, Row, TableChanges, Value
+from funnel.events import TableChanges, Value
 
 # WAL lets readers query the mirror while the applier writes.  synchronous=NORMAL does
 # not fsync on every commit, so a power loss can lose the last commits -- but never
@@ -64,18 +72,12 @@ MIRROR_PRAGMAS = (
 # wait for it rather than failing the apply at once.
 BUSY_TIMEOUT_MS = 10_000
 
-_AFTER = itemgetter(1)
-_BEFORE = itemgetter(0)
-_UPSERT_OPS = (Op.SNAPSHOT, Op.INSERT, Op.UPDATE)
-
-# What a malformed row image raises while we pick values out of it (a None image, a
-# short row).  SQLite reports bad values (an int above 64 bits) with OverflowError.
-_ROW_ERRORS = (TypeError, IndexError)
+# SQLite reports bad values (an int above 64 bits) with OverflowError.
 _DB_ERRORS = (sqlite3.Error, OverflowError)
 
 _POSITION_SELECT = position_select_sql()
 
-KeyOf = Callable[[Sequence[Value]], Sequence[Value]]
+KeyOf = Callable[[Sequence[Value]], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,104 +87,34 @@ class _Plan:
     table: str  # the mirror table name
     upsert: str  # keyless: a plain INSERT
     delete: str  # keyless: deletes one row equal to the whole before image
-    key_index: tuple[int, ...]
-    key_of: KeyOf  # key values (in key order) from a row image; keyless: the whole image
+    key_of: KeyOf  # the key of a row image: a value (one key column) or a tuple
+    single_key: bool
     update: str | None = None  # keyless only: updates one row equal to the before image
-
-    @property
-    def keyless(self) -> bool:
-        return self.update is not None
+    keyless: bool = False  # a field, not a property: read for every group of a call
 
 
-def _key_getter(key_index: tuple[int, ...]) -> KeyOf:
-    if len(key_index) == 1:
-        index = key_index[0]
-        return lambda row: (row[index],)
-    return itemgetter(*key_index)
+class SqliteWriter:
+    """What is SQLite's own in applying to a mirror file: pragmas, untyped tables, executemany.
 
-
-def _changed_key_rows(rows: Sequence[Row], key_index: tuple[int, ...]) -> list[int]:
-    """Indexes of update rows whose key differs between before and after."""
-    if len(key_index) == 1:
-        k = key_index[0]
-        return [i for i, (before, after) in enumerate(rows) if before is not None and before[k] != after[k]]
-    key = itemgetter(*key_index)
-    return [i for i, (before, after) in enumerate(rows) if before is not None and key(before) != key(after)]
-
-
-class _Run:
-    """Consecutive executions of one statement, sent to SQLite as one executemany.
-
-    Merging is what makes small source transactions cheap: inserts and updates of
-    one table share one upsert statement, so a commit of many 10-row transactions
-    becomes a few long executemany calls instead of hundreds of short ones.
-    Order is kept: a different statement (a delete, another table) first flushes
-    what is pending, so a delete is never overtaken by an earlier upsert.
+    Raises SinkError when the file cannot be opened or is not a SQLite database.
     """
 
-    __slots__ = ("_conn", "_sql", "_params", "_table", "_first_txid", "_last_txid", "_exact")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._sql = ""
-        self._params: list[Sequence[Value]] = []
-        self._table = ""
-        self._first_txid = ""
-        self._last_txid = ""
-        self._exact = False
-
-    def add(self, sql: str, params: Iterable[Sequence[Value]], table: str, txid: str, exact: bool = False) -> None:
-        """Queue ``params`` for ``sql``.  Raises SinkError if a flush of other work fails.
-
-        ``exact``: each execution must change one row (keyless updates and deletes).
-        """
-        if sql != self._sql:
-            self.flush()
-            self._sql, self._table, self._first_txid, self._exact = sql, table, txid, exact
-        self._last_txid = txid
-        self._params.extend(params)
-
-    def flush(self) -> None:
-        """Execute what is queued.  Raises SinkError naming the table and transactions."""
-        if not self._params:
-            return
-        params, self._params = self._params, []
-        try:
-            changed = self._conn.executemany(self._sql, params).rowcount
-        except _DB_ERRORS as exc:
-            raise SinkError(f"cannot apply to mirror table {self._table!r} (txid {self._txids()}): {exc}") from exc
-        # Each keyless statement changes at most one row (LIMIT 1): the sum tells if all matched.
-        if self._exact and changed != len(params):
-            raise no_matching_row(self._table, "update" if self._sql.startswith("UPDATE") else "delete",
-                                  len(params) - changed, self._txids())
-
-    def _txids(self) -> str:
-        if self._last_txid != self._first_txid:
-            return f"{self._first_txid}..{self._last_txid}"  # merged runs span transactions
-        return self._first_txid
-
-
-class SqliteSink:
-    """A SQLite mirror database file.
-
-    Raises SinkError when the file cannot be opened or is not a SQLite database;
-    the hint says what to check.
-    """
+    placeholder = "?"
+    errors = _DB_ERRORS
+    integrity_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = self.where = os.fspath(path)
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Plan] = {}
         self._columns: dict[str, frozenset[str]] = {}  # mirror table -> lower-cased columns
-        self._state = StateWriter("?", self.path)
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = None
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one apply call is
-            # exactly one database transaction, DDL included.
-            conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=512)
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # Autocommit: we issue BEGIN/COMMIT ourselves, so one apply call is exactly
+            # one database transaction, DDL included.
+            conn = databases_sqlite.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, cached_statements=512)
             for pragma in MIRROR_PRAGMAS:
                 conn.execute(pragma)
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -200,81 +132,23 @@ class SqliteSink:
             ) from exc
         return conn
 
-    def __enter__(self) -> SqliteSink:
-        return self
+    @staticmethod
+    def message(error: BaseException) -> str:
+        return str(error)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def ensure_open(self) -> None:
+        """Nothing to reconnect: a closed file fails the next statement with a SinkError."""
 
     def close(self) -> None:
-        """Close the database.  Idempotent; an open transaction is rolled back."""
         self._conn.close()
 
-    def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None:
-        """The stored position for (funnel, mirror), or None.  Raises SinkError."""
-        try:
-            row = self._conn.execute(_POSITION_SELECT, (funnel, mirror)).fetchone()
-        except sqlite3.Error as exc:
-            raise SinkError(f"cannot read the position of mirror {mirror!r} in {self.path}: {exc}") from exc
-        if row is None:
-            return None
-        return position_from_row(row)
+    def begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
 
-    def claim(self, funnel: str, mirror: str) -> MirrorPosition | None:
-        """Take the mirror's state row for this sink (fencing every earlier claimer) and return its position.
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
 
-        Raises SinkError.
-        """
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            position = self._state.claim(self._conn.execute, funnel, mirror)
-            self._conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback()
-            self._state.rolled_back()
-            if isinstance(exc, sqlite3.Error):
-                raise SinkError(f"cannot claim mirror {mirror!r} in {self.path}: {exc}") from exc
-            raise
-        self._state.committed()
-        return position
-
-    def epoch(self, funnel: str, mirror: str) -> int | None:
-        """The epoch this sink claimed for the mirror (None: never claimed), shown in status."""
-        return self._state.epoch(funnel, mirror)
-
-    def check_fence(self, funnel: str, mirror: str) -> None:
-        """Raises FencedError when a newer applier claimed the mirror since this sink did."""
-        try:
-            self._state.check(self._conn.execute, funnel, mirror)
-        except sqlite3.Error as exc:
-            raise SinkError(f"cannot read the state of mirror {mirror!r} in {self.path}: {exc}") from exc
-
-    def apply(self, transactions: Sequence[Transaction], position: MirrorPosition) -> int:
-        """Apply ``transactions`` in order and store ``position``, as one database transaction.
-
-        Returns the number of row changes applied.  Raises SinkError (and applies
-        nothing of the call) on any database error, a malformed row, or an event column
-        the mirror table lacks.
-        """
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            run = _Run(self._conn)
-            applied = 0
-            for transaction in transactions:
-                applied += self._apply_transaction(transaction, run)
-            run.flush()
-            self._write_position(position)
-            self._conn.execute("COMMIT")
-        except BaseException as exc:
-            self._rollback()
-            self._state.rolled_back()
-            if isinstance(exc, sqlite3.Error):
-                raise SinkError(f"cannot apply to mirror database {self.path}: {exc}") from exc
-            raise
-        self._state.committed()
-        return applied
-
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         # Tables created in the failed transaction are gone again: forget what we knew.
         self._plans.clear()
         self._columns.clear()
@@ -286,91 +160,76 @@ class SqliteSink:
             # the original error is the one the operator needs.
             pass
 
-    def _apply_transaction(self, transaction: Transaction, run: _Run) -> int:
-        applied = 0
-        txid = transaction.txid
-        for batch in transaction.batches:
-            for group in batch.changes:
-                try:
-                    self._apply_group(group, txid, run)
-                except _ROW_ERRORS as exc:
-                    where = f"table {group.table!r} (txid {txid})"
-                    raise SinkError(f"malformed {_op_name(group.op)} row image for {where}: {exc}") from exc
-                except _DB_ERRORS as exc:
-                    raise SinkError(f"cannot apply to table {group.table!r} (txid {txid}): {exc}") from exc
-                applied += len(group.rows)
-        return applied
+    def execute(self, sql: str, params: Sequence[Value] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
 
-    def _apply_group(self, group: TableChanges, txid: str, run: _Run) -> None:
-        op = group.op
-        if op == Op.DDL:
-            self._apply_ddl(group, txid, run)
-            return
-        if op == Op.TRUNCATE:
-            self._truncate(group.table, run)
-            return
-        plan = self._plan(group, txid)
-        rows = group.rows
-        if op == Op.DELETE:
-            run.add(plan.delete, map(plan.key_of, map(_BEFORE, rows)), plan.table, txid, exact=plan.keyless)
-        elif op == Op.UPDATE:
-            self._update(plan, rows, txid, run)
-        elif op in _UPSERT_OPS:
-            run.add(plan.upsert, map(_AFTER, rows), plan.table, txid)
+    def read_position(self, funnel: str, mirror: str) -> MirrorPosition | None:
+        row = self._conn.execute(_POSITION_SELECT, (funnel, mirror)).fetchone()
+        return None if row is None else position_from_row(row)
+
+    @staticmethod
+    def display(plan: _Plan) -> str:
+        return plan.table
+
+    # -- rows ------------------------------------------------------------------------------
+    def write(self, batch: Batch, exact: bool) -> int:
+        """One executemany per batch, in order (SQLite has no round trips to save)."""
+        plan, kind, items = batch.plan, batch.kind, batch.items
+        if kind == collapse.DELETE:
+            if plan.single_key:
+                items = [(key,) for key in items]
+            self._conn.executemany(plan.delete, items)
+        elif kind in (collapse.UPSERT, collapse.INSERT):
+            self._conn.executemany(plan.upsert, items)
         else:
-            raise SinkError(f"unknown operation {op!r} for table {group.table!r} (txid {txid})")
+            if kind == collapse.UPDATE_ONE:
+                changed = self._conn.executemany(plan.update, [(*after, *before) for before, after in items])
+            else:
+                changed = self._conn.executemany(plan.delete, [before for before, _ in items])
+            # Each keyless statement changes at most one row (LIMIT 1): the sum tells if all matched.
+            return len(items) - changed.rowcount
+        return 0
 
-    def _apply_ddl(self, group: TableChanges, txid: str, run: _Run) -> None:
+    def truncate(self, source_table: str, txid: str) -> None:
+        table = mirror_table_name(source_table)
+        # A table the mirror never saw has no rows to remove.
+        try:
+            if self._table_columns(table) is not None:
+                self._conn.execute(truncate_sql(table))
+        except _DB_ERRORS as exc:
+            raise SinkError(f"cannot truncate mirror table {table!r} (source table {source_table!r}, "
+                            f"txid {txid}): {exc}") from exc
+
+    def schema_change(self, group: TableChanges, txid: str) -> None:
         """Apply a schema change in this database transaction, after the rows before it.
 
         A table the mirror does not have yet is created with the change's resulting
         definition.  Raises SinkError for a change SQLite cannot express (nothing runs).
         """
-        if group.ddl is None:
-            raise SinkError(f"schema change of table {group.table!r} (txid {txid}) carries no definition")
-        run.flush()
         statements = ddl_sql.sqlite_statements(group.ddl, group.table, txid)
-        old = mirror_table_name(group.ddl.object)
-        dropping = any(a.kind == ddl_model.DROP_TABLE for a in group.ddl.actions)
-        if self._table_columns(old) is None and not dropping and group.ddl.definition is not None:
-            definition = group.ddl.definition
-            statements = [create_table_sql(mirror_table_name(group.table), definition.names, definition.key)]
-        for statement in statements:
-            self._conn.execute(statement)
+        try:
+            old = mirror_table_name(group.ddl.object)
+            dropping = any(a.kind == ddl_model.DROP_TABLE for a in group.ddl.actions)
+            if self._table_columns(old) is None and not dropping and group.ddl.definition is not None:
+                definition = group.ddl.definition
+                statements = [create_table_sql(mirror_table_name(group.table), definition.names, definition.key)]
+            for statement in statements:
+                self._conn.execute(statement)
+        except _DB_ERRORS as exc:
+            raise SinkError(f"cannot apply to table {group.table!r} (txid {txid}): {exc}") from exc
         # Every cached plan and column set may name what just changed.
         self._plans.clear()
         self._columns.clear()
 
-    def _update(self, plan: _Plan, rows: list[Row], txid: str, run: _Run) -> None:
-        """Upsert the new images; a row whose key changed first loses its old key.
-
-        Keyless: each row changes one mirror row equal to its before image.
-        """
-        if plan.keyless:
-            run.add(plan.update, [(*after, *before) for before, after in rows], plan.table, txid, exact=True)
-            return
-        start = 0
-        for i in _changed_key_rows(rows, plan.key_index):
-            run.add(plan.upsert, map(_AFTER, rows[start:i]), plan.table, txid)
-            run.add(plan.delete, (plan.key_of(rows[i].before),), plan.table, txid)
-            start = i
-        run.add(plan.upsert, map(_AFTER, rows[start:]), plan.table, txid)
-
-    def _truncate(self, source_table: str, run: _Run) -> None:
-        table = mirror_table_name(source_table)
-        run.flush()
-        # A table the mirror never saw has no rows to remove.
-        if self._table_columns(table) is not None:
-            self._conn.execute(truncate_sql(table))
-
-    def _plan(self, group: TableChanges, txid: str) -> _Plan:
+    # -- tables and plans ----------------------------------------------------------------------
+    def plan(self, group: TableChanges) -> _Plan:
         cache_key = (group.table, tuple(group.columns), tuple(group.key))
         plan = self._plans.get(cache_key)
         if plan is None:
-            plan = self._plans[cache_key] = self._build_plan(group, txid)
+            plan = self._plans[cache_key] = self._build_plan(group)
         return plan
 
-    def _build_plan(self, group: TableChanges, txid: str) -> _Plan:
+    def _build_plan(self, group: TableChanges) -> _Plan:
         """Prepare SQL for a table layout, creating the mirror table if it is missing.
 
         Raises SinkError when the mirror table lacks a column of the event, or has a
@@ -384,23 +243,23 @@ class SqliteSink:
             self._columns[table] = frozenset(column.lower() for column in group.columns)
             primary_key = [column.lower() for column in group.key]
         else:
-            self._check_columns(table, group, txid)
+            self._check_columns(table, group)
             primary_key = self._primary_key(table)
         if is_keyless(group.key) or _legacy_keyless(group, primary_key):
             if primary_key:
-                raise _keyless_with_primary_key(table, group.table, primary_key, txid)
+                raise _keyless_with_primary_key(table, group.table, primary_key)
             return _Plan(table=table, upsert=insert_sql(table, group.columns),
-                         delete=delete_one_sql(table, group.columns), key_index=(), key_of=tuple,
-                         update=update_one_sql(table, group.columns))
+                         delete=delete_one_sql(table, group.columns), key_of=tuple, single_key=False,
+                         update=update_one_sql(table, group.columns), keyless=True)
         return _Plan(
             table=table,
             upsert=upsert_sql(table, group.columns, group.key),
             delete=delete_sql(table, group.key),
-            key_index=key_index,
-            key_of=_key_getter(key_index),
+            key_of=itemgetter(*key_index),
+            single_key=len(key_index) == 1,
         )
 
-    def _check_columns(self, table: str, group: TableChanges, txid: str) -> None:
+    def _check_columns(self, table: str, group: TableChanges) -> None:
         """Raises SinkError when the mirror table lacks an event column, even after reading it again."""
         for fresh in (False, True):
             if fresh:  # the operator may have added it since we looked (the README's procedure)
@@ -411,8 +270,7 @@ class SqliteSink:
             if not missing:
                 return
         raise SinkError(
-            f"mirror table {table!r} has no column {missing[0]!r} "
-            f"(source table {group.table!r}, txid {txid})",
+            f"mirror table {table!r} has no column {missing[0]!r} (source table {group.table!r})",
             hint=f"Add it to the mirror (ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(missing[0])}),"
             " then restart the applier.",
         )
@@ -432,8 +290,21 @@ class SqliteSink:
             columns = self._columns[table] = frozenset(name.lower() for (name,) in rows)
         return columns
 
-    def _write_position(self, position: MirrorPosition) -> None:
-        self._state.write(self._conn.execute, position)
+
+class SqliteSink(MirrorSink):
+    """A SQLite mirror database file (``MirrorSink`` over ``SqliteWriter``).
+
+    Raises SinkError when the file cannot be opened or is not a SQLite database;
+    the hint says what to check.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        writer = SqliteWriter(path)
+        self.path = writer.path
+        super().__init__(writer)
+
+    def __enter__(self) -> SqliteSink:
+        return self
 
 
 def _legacy_keyless(group: TableChanges, primary_key: list[str]) -> bool:
@@ -445,20 +316,16 @@ def _legacy_keyless(group: TableChanges, primary_key: list[str]) -> bool:
     return not primary_key and {c.lower() for c in group.key} == {c.lower() for c in group.columns}
 
 
-def _keyless_with_primary_key(table: str, source: str, key: list[str], txid: str) -> SinkError:
+def _keyless_with_primary_key(table: str, source: str, key: list[str]) -> SinkError:
     # Versions before keyless support created such tables with every column as primary key;
     # it would refuse the duplicate rows production may hold.
     return SinkError(
         f"mirror table {table!r} has primary key ({', '.join(key)}) but source table {source!r} "
-        f"has none (txid {txid}): its rows are applied as a multiset, and duplicates would be refused",
+        f"has none: its rows are applied as a multiset, and duplicates would be refused",
         hint=f"Recreate the mirror table without primary key (CREATE TABLE new AS SELECT * FROM "
              f"{quote_ident(table)}; DROP TABLE {quote_ident(table)}; ALTER TABLE new RENAME TO "
              f"{quote_ident(table)}), then restart the applier.",
     )
-
-
-def _op_name(op: object) -> str:
-    return str(getattr(op, "value", op))
 
 
 def _add_epoch_column(conn: sqlite3.Connection) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from applier.sinks.base import check_key
 from applier.sinks.state import STATE_TABLE, state_select_sql, state_upsert_sql
+from funnel.databases.names import column_list, quote_ident
 from funnel.errors import SinkError
 from funnel.tablenames import sqlite_mirror_name
 
@@ -51,20 +52,6 @@ def mirror_table_name(source_table: str) -> str:
     return name
 
 
-def quote_ident(name: str) -> str:
-    """``name`` as a double-quoted SQLite identifier.
-
-    Raises SinkError for a name containing NUL, which SQLite cannot store.
-    """
-    if "\x00" in name:
-        raise SinkError(f"identifier {name!r} contains a NUL character")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _column_list(columns: Sequence[str]) -> str:
-    return ", ".join(quote_ident(column) for column in columns)
-
-
 def create_table_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     """CREATE TABLE with untyped columns and the source key as PRIMARY KEY.
 
@@ -74,8 +61,8 @@ def create_table_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> 
     Raises SinkError when a key column is not among the columns.
     """
     check_key(table, columns, key)
-    primary_key = f", PRIMARY KEY ({_column_list(key)})" if key else ""
-    return f"CREATE TABLE {quote_ident(table)} ({_column_list(columns)}{primary_key})"
+    primary_key = f", PRIMARY KEY ({column_list(key)})" if key else ""
+    return f"CREATE TABLE {quote_ident(table)} ({column_list(columns)}{primary_key})"
 
 
 def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -98,8 +85,8 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     )
     action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
     return (
-        f"INSERT INTO {quote_ident(table)} ({_column_list(columns)}) VALUES ({placeholders}) "
-        f"ON CONFLICT ({_column_list(key)}) {action}"
+        f"INSERT INTO {quote_ident(table)} ({column_list(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({column_list(key)}) {action}"
     )
 
 
@@ -117,7 +104,7 @@ def delete_sql(table: str, key: Sequence[str]) -> str:
 def insert_sql(table: str, columns: Sequence[str]) -> str:
     """Plain INSERT of one row image, for keyless tables (a duplicate row is a new row)."""
     placeholders = ", ".join("?" * len(columns))
-    return f"INSERT INTO {quote_ident(table)} ({_column_list(columns)}) VALUES ({placeholders})"
+    return f"INSERT INTO {quote_ident(table)} ({column_list(columns)}) VALUES ({placeholders})"
 
 
 def _one_matching_row(table: str, columns: Sequence[str]) -> str:

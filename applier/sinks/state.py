@@ -17,9 +17,9 @@ import json
 from typing import Any, Callable, Protocol, Sequence
 
 from applier.transaction import MirrorPosition
+from funnel.databases.names import STATE_TABLE
 from funnel.errors import FencedError
 
-STATE_TABLE = "_timefunnel_state"
 STATE_COLUMNS = ("funnel", "mirror", "topic", "partition", "next_offset", "last_txid", "last_commit_ts",
                  "valid_as_of", "snapshot_done", "hold_until", "promoted_at", "promote_target", "excluded_txids")
 EPOCH_COLUMN = "epoch"  # not in STATE_COLUMNS: it belongs to the writer, not to the position

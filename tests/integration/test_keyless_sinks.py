@@ -6,22 +6,20 @@ REPLICA IDENTITY FULL table without key: events with an empty key.
 """
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from applier.sinks.postgres import PostgresSink
-from applier.sinks.sqlite import SqliteSink
-from applier.transaction import MirrorPosition, Transaction
+from applier.transaction import Transaction
 from applier.undo import invert
 from funnel.errors import SinkError
-from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value
+from funnel.events import Kind, Op, Row, TableChanges
+from tests.support.sinks import KINDS, Mirror, ins, mirror_for, postgres_database, tx
 
 COLUMNS = ["a", "b", "r"]
 # pgbench_history-like: nullable columns, a real (compared as real), a padded char(n).
@@ -30,85 +28,47 @@ DEFINITION = {"columns": [{"name": "a", "type": "integer", "not_null": False},
                           {"name": "r", "type": "real", "not_null": False}], "key": []}
 
 
-class Mirror:
-    """A sink under test and an independent reader of its table."""
+class Keyless:
+    """The shared sink harness (``tests.support.sinks``) seen through one keyless table."""
 
-    def __init__(self, sink: Any, read: Any, execute: Any, table: str) -> None:
-        self.sink, self._read, self.execute, self.table = sink, read, execute, table
-        self.offset = 0
+    def __init__(self, harness: Mirror, table: str) -> None:
+        self.harness, self.sink, self.table = harness, harness.sink, table
 
     def apply(self, *transactions: Transaction) -> None:
-        self.offset += 1
-        self.sink.apply(list(transactions), MirrorPosition("f", "m", "f", 0, self.offset))
+        self.harness.apply(*transactions)
 
     def rows(self) -> Counter:
-        return Counter(self._read(self.table))
+        return Counter(self.harness.execute(f"SELECT * FROM {self.harness.mirror_table(self.table)}"))
+
+    def execute(self, statement: str) -> None:
+        self.harness.execute(statement)
 
 
 @pytest.fixture(scope="module")
 def pg_db(postgres_url: str) -> Iterator[str]:
-    name = f"tf_keyless_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with postgres_database(postgres_url, "tf_keyless") as url:
+        yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres-executemany", "postgres-copy"])
-def mirror(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mirror]:
+@pytest.fixture(params=KINDS)
+def mirror(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Keyless]:
     table = f"h_{uuid.uuid4().hex[:8]}"
-    if request.param == "sqlite":
-        path = tmp_path / "mirror.db"
-
-        def read(name: str) -> list[tuple]:
-            with sqlite3.connect(path) as conn:
-                return conn.execute(f'SELECT * FROM "{name}"').fetchall()
-
-        def execute(statement: str) -> None:
-            conn = sqlite3.connect(path)
-            conn.execute(statement)
-            conn.commit()
-            conn.close()
-
-        with SqliteSink(path) as sink:
-            yield Mirror(sink, read, execute, table)
-        return
-    url = request.getfixturevalue("pg_db")
-
-    def read_pg(name: str) -> list[tuple]:
-        with psycopg.connect(url) as conn:
-            return [tuple(row) for row in conn.execute(f'SELECT * FROM public."{name}"')]
-
-    def execute_pg(statement: str) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(statement)
-
     definitions = {f"public.{table}": {"table": f"public.{table}", **DEFINITION}}
-    copy_min_rows = 1 if request.param == "postgres-copy" else 10**9
-    with PostgresSink(url, create_tables=True, table_definitions=lambda: definitions,
-                      copy_min_rows=copy_min_rows) as sink:
-        yield Mirror(sink, read_pg, execute_pg, table)
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_db")
+    extra = {} if url is None else {"create_tables": True, "table_definitions": lambda: definitions}
+    with mirror_for(request.param, tmp_path, url, **extra) as harness:
+        yield Keyless(harness, table)
 
 
-def group(mirror: Mirror, op: Op, *rows: Row, columns: list[str] | None = None) -> TableChanges:
+def group(mirror: Keyless, op: Op, *rows: Row, columns: list[str] | None = None) -> TableChanges:
     return TableChanges(f"public.{mirror.table}", op, columns or COLUMNS, [], list(rows))
-
-
-def tx(txid: str, *groups: TableChanges, kind: Kind = Kind.CHANGES) -> Transaction:
-    rows = sum(len(g.rows) for g in groups)
-    return Transaction(txid, 1, kind, 0, 0, [ChangeBatch("s", txid, 1, 1, 0, rows, kind, list(groups))])
-
-
-def ins(*values: Value) -> Row:
-    return Row(None, list(values))
 
 
 R = 0.1  # not exact as a real: matching must compare as real, not as the float8 parameter
 A, B, NULLS = (1, None, R), (2, "x   ", None), (None, None, None)
 
 
-def test_duplicates_and_nulls_are_kept_and_one_of_two_equal_rows_changes(mirror: Mirror) -> None:
+def test_duplicates_and_nulls_are_kept_and_one_of_two_equal_rows_changes(mirror: Keyless) -> None:
     mirror.apply(tx("t1", group(mirror, Op.SNAPSHOT, ins(*A), ins(*A), ins(*B)), kind=Kind.SNAPSHOT))
     mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*A), ins(*NULLS), ins(*NULLS))))
     real = mirror.rows()
@@ -123,7 +83,7 @@ def test_duplicates_and_nulls_are_kept_and_one_of_two_equal_rows_changes(mirror:
     assert mirror.rows() == Counter({changed: 1, NULLS: 1})
 
 
-def test_undo_inverts_keyless_changes_exactly(mirror: Mirror) -> None:
+def test_undo_inverts_keyless_changes_exactly(mirror: Keyless) -> None:
     mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A), ins(*B), ins(*NULLS))))
     before = mirror.rows()
     change = tx("t2", group(mirror, Op.INSERT, ins(*A), ins(*NULLS)),  # duplicates
@@ -135,7 +95,7 @@ def test_undo_inverts_keyless_changes_exactly(mirror: Mirror) -> None:
     assert mirror.rows() == before
 
 
-def test_a_before_image_matching_no_row_stops_with_nothing_applied(mirror: Mirror) -> None:
+def test_a_before_image_matching_no_row_stops_with_nothing_applied(mirror: Keyless) -> None:
     mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A))))
     with pytest.raises(SinkError, match=r"\(txid t2\): 1 keyless delete\(s\) found no row equal to the before"):
         mirror.apply(tx("t2", group(mirror, Op.INSERT, ins(*B)), group(mirror, Op.DELETE, Row(list(A), None),
@@ -143,7 +103,7 @@ def test_a_before_image_matching_no_row_stops_with_nothing_applied(mirror: Mirro
     assert sum(mirror.rows().values()) == 1
 
 
-def test_a_mirror_table_with_every_column_as_primary_key_is_refused(mirror: Mirror) -> None:
+def test_a_mirror_table_with_every_column_as_primary_key_is_refused(mirror: Keyless) -> None:
     # What versions before keyless support created with --create-tables.
     mirror.execute(f'CREATE TABLE "{mirror.table}" (a integer, b character(4), r real, PRIMARY KEY (a, b, r))')
     with pytest.raises(SinkError, match=r"has primary key \(a, b, r\) but source table .* has none") as info:
@@ -151,7 +111,7 @@ def test_a_mirror_table_with_every_column_as_primary_key_is_refused(mirror: Mirr
     assert "without primary key" in info.value.hint or "DROP CONSTRAINT" in info.value.hint
 
 
-def test_events_of_older_versions_with_every_column_as_key_apply_as_keyless(mirror: Mirror) -> None:
+def test_events_of_older_versions_with_every_column_as_key_apply_as_keyless(mirror: Keyless) -> None:
     # A delayed mirror still holds them when capture is upgraded; its table has no key.
     mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*B))))
     legacy = [TableChanges(f"public.{mirror.table}", op, COLUMNS, COLUMNS, [row]) for op, row in
@@ -161,7 +121,7 @@ def test_events_of_older_versions_with_every_column_as_key_apply_as_keyless(mirr
     assert mirror.rows() == Counter({B: 1, NULLS: 1})
 
 
-def test_a_column_added_to_the_mirror_while_running_is_found(mirror: Mirror) -> None:
+def test_a_column_added_to_the_mirror_while_running_is_found(mirror: Keyless) -> None:
     mirror.apply(tx("t1", group(mirror, Op.INSERT, ins(*A))))  # the sink now knows the table
     mirror.execute(f'ALTER TABLE "{mirror.table}" ADD COLUMN note text')
     wide = [*COLUMNS, "note"]
@@ -182,7 +142,7 @@ def test_postgres_matches_rows_of_every_type_as_capture_sends_them(pg_db: str) -
                   "columns": [{"name": c, "type": t, "not_null": False} for c, (t, _) in TYPED.items()]}
     columns, image = list(TYPED), [value for _, value in TYPED.values()]
     with PostgresSink(pg_db, create_tables=True, table_definitions=lambda: {definition["table"]: definition}) as sink:
-        mirror = Mirror(sink, None, None, table)
+        mirror = Keyless(Mirror("postgres", sink, url=pg_db), table)
         mirror.apply(tx("t1", group(mirror, Op.INSERT, Row(None, image), Row(None, image), columns=columns)))
         changed = [8, *image[1:]]
         mirror.apply(tx("t2", group(mirror, Op.UPDATE, Row(image, changed), columns=columns)))

@@ -1,4 +1,7 @@
-"""SqliteSink against real SQLite files: every operation, exact values, atomicity, position."""
+"""SqliteSink against real SQLite files: what only SQLite does (names, exact values, errors, WAL, lifecycle).
+
+What every sink does is in test_sink_contract.py.
+"""
 from __future__ import annotations
 
 import sqlite3
@@ -92,95 +95,6 @@ def test_insert_creates_the_mapped_table_and_counts_rows(sink: SqliteSink, db_pa
     assert rows(db_path) == [(1, "a", 10), (2, "b", 20)]
     assert rows(db_path, "sales_orders") == [(7, "x", 1)]
     assert tables(db_path) == {"orders", "sales_orders", STATE_TABLE}
-
-
-def test_snapshot_and_redelivered_inserts_upsert(sink: SqliteSink, db_path: Path) -> None:
-    sink.apply([tx("s", changes(Op.SNAPSHOT, ins(1, "a", 10)), kind=Kind.SNAPSHOT)], position(1))
-    sink.apply([tx("t1", changes(Op.INSERT, ins(1, "a2", 11), ins(2, "b", 20)))], position(2))
-    assert rows(db_path) == [(1, "a2", 11), (2, "b", 20)]
-
-
-def test_update_overwrites_non_key_columns(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10], [2, "b", 20])
-    sink.apply([tx("t2", changes(Op.UPDATE, upd([1, "a", 10], [1, "a", None])))], position(2))
-    assert rows(db_path) == [(1, "a", None), (2, "b", 20)]
-
-
-def test_update_without_before_image_is_an_upsert(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10])
-    sink.apply([tx("t2", changes(Op.UPDATE, Row(None, [1, "z", 9])))], position(2))
-    assert rows(db_path) == [(1, "z", 9)]
-
-
-def test_update_that_changes_the_key_removes_the_old_key(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10], [5, "e", 50])
-    sink.apply([tx("t2", changes(Op.UPDATE, upd([1, "a", 10], [2, "a", 10])))], position(2))
-    assert rows(db_path) == [(2, "a", 10), (5, "e", 50)]
-
-
-def test_key_changes_in_one_group_keep_their_order(sink: SqliteSink, db_path: Path) -> None:
-    # 1 -> 2 then 2 -> 3: deleting all old keys first, or upserting all new rows
-    # first, would leave a stray row 2 behind.
-    seed(sink, [1, "a", 10])
-    sink.apply(
-        [tx("t2", changes(Op.UPDATE, upd([1, "a", 10], [2, "a", 10]), upd([2, "a", 10], [3, "a", 11]),
-                          upd([3, "a", 11], [3, "b", 12])))],
-        position(2),
-    )
-    assert rows(db_path) == [(3, "b", 12)]
-
-
-def test_composite_key_change_and_delete(sink: SqliteSink, db_path: Path) -> None:
-    cols, key = ["order_id", "line", "qty"], ["order_id", "line"]
-    sink.apply([tx("t1", changes(Op.INSERT, ins(1, 1, 5), ins(1, 2, 6), ins(2, 1, 7),
-                                 table="lines", columns=cols, key=key))], position(1))
-    sink.apply(
-        [tx("t2", changes(Op.UPDATE, upd([1, 2, 6], [1, 3, 6]), table="lines", columns=cols, key=key),
-            changes(Op.DELETE, dele(2, 1, 7), table="lines", columns=cols, key=key))],
-        position(2),
-    )
-    assert rows(db_path, "lines") == [(1, 1, 5), (1, 3, 6)]
-
-
-def test_delete_takes_the_key_from_the_before_image(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10], [2, "b", 20], [3, "c", 30])
-    applied = sink.apply([tx("t2", changes(Op.DELETE, dele(1, "a", 10), dele(3, "stale", 0)))], position(2))
-    assert applied == 2
-    assert rows(db_path) == [(2, "b", 20)]
-
-
-def test_pending_upserts_are_flushed_before_a_delete(sink: SqliteSink, db_path: Path) -> None:
-    sink.apply(
-        [tx("t1", changes(Op.INSERT, ins(1, "a", 10), ins(2, "b", 20)), offset=1),
-         tx("t2", changes(Op.DELETE, dele(1, "a", 10)), offset=2),
-         tx("t3", changes(Op.INSERT, ins(2, "again", 21), ins(3, "c", 30)), offset=3),
-         tx("t4", changes(Op.DELETE, dele(3, "c", 30)), offset=4)],
-        position(5),
-    )
-    assert rows(db_path) == [(2, "again", 21)]
-
-
-def test_update_then_insert_of_the_freed_key(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10])
-    sink.apply(
-        [tx("t2", changes(Op.UPDATE, upd([1, "a", 10], [2, "a", 10]))),
-         tx("t3", changes(Op.INSERT, ins(1, "new", 0)))],
-        position(3),
-    )
-    assert rows(db_path) == [(1, "new", 0), (2, "a", 10)]
-
-
-def test_truncate_empties_the_table_in_order(sink: SqliteSink, db_path: Path) -> None:
-    seed(sink, [1, "a", 10], [2, "b", 20])
-    applied = sink.apply(
-        [tx("t2", changes(Op.INSERT, ins(3, "c", 30)),
-            TableChanges("main.orders", Op.TRUNCATE, [], []),
-            changes(Op.INSERT, ins(4, "d", 40)))],
-        position(2),
-    )
-    assert applied == 2
-    assert rows(db_path) == [(4, "d", 40)]
-
 
 def test_truncate_of_an_unknown_table_is_a_no_op(sink: SqliteSink, db_path: Path) -> None:
     sink.apply([tx("t1", TableChanges("main.ghost", Op.TRUNCATE, [], []))], position(1))
@@ -316,39 +230,12 @@ def test_column_names_match_case_insensitively_like_sqlite(sink: SqliteSink, db_
                position(2))
     assert rows(db_path) == [(1, "a", 10), (2, "b", 20)]
 
-
-def test_malformed_row_image_is_a_sink_error(sink: SqliteSink, db_path: Path) -> None:
-    with pytest.raises(SinkError, match=r"malformed delete row image for table 'main.orders' \(txid t1\)"):
-        sink.apply([tx("t1", changes(Op.INSERT, ins(1, "a", 1)), changes(Op.DELETE, Row(None, None)))],
-                   position(1))
-    assert tables(db_path) == {STATE_TABLE}
-
-
 def test_table_without_key_is_kept_as_a_multiset(sink: SqliteSink, db_path: Path) -> None:
     sink.apply([tx("t1", TableChanges("main.logs", Op.INSERT, ["n", "line"], [], [ins(1, "x"), ins(1, "x")]))], position(1))
     assert rows(db_path, "logs") == [(1, "x"), (1, "x")]  # more in tests/integration/test_keyless_sinks.py
 
 
 # --- position -----------------------------------------------------------------------
-
-
-def test_position_round_trip(sink: SqliteSink) -> None:
-    assert sink.read_position("shop", "m1") is None
-    first = MirrorPosition("shop", "m1", "shop", 3, 42, "tx-9", COMMIT, COMMIT + 5, snapshot_done=False)
-    assert sink.apply([], first) == 0
-    assert sink.read_position("shop", "m1") == first
-    second = MirrorPosition("shop", "m1", "shop", 3, 50, None, None, None, snapshot_done=True)
-    sink.apply([], second)
-    assert sink.read_position("shop", "m1") == second
-
-
-def test_positions_of_two_mirrors_are_independent(sink: SqliteSink) -> None:
-    sink.apply([], position(10, mirror="m1"))
-    sink.apply([], position(20, mirror="m2"))
-    assert sink.read_position("shop", "m1") == position(10, mirror="m1")
-    assert sink.read_position("shop", "m2") == position(20, mirror="m2")
-    assert sink.read_position("other", "m1") is None
-
 
 def test_apply_stores_hold_and_promotion_with_the_position(sink: SqliteSink, db_path: Path) -> None:
     from dataclasses import replace

@@ -31,7 +31,7 @@ from applier.sinks.postgres_sql import (
 from applier.sinks.state import position_to_row
 from applier.transaction import MirrorPosition
 from funnel.urls import masked_password
-from funnel.errors import SinkError
+from funnel.errors import SinkError, TimeFunnelError
 
 
 def table(*columns: MirrorColumn, keys: tuple[tuple[str, ...], ...] = (("id",),), pk: bool = True) -> MirrorTable:
@@ -69,7 +69,7 @@ def test_mirror_table_name_rejects_empty_parts_and_the_state_table(source: str) 
 
 def test_quote_ident_doubles_quotes_and_rejects_nul() -> None:
     assert quote_ident('we"ird name') == '"we""ird name"'
-    with pytest.raises(SinkError, match="NUL"):
+    with pytest.raises(TimeFunnelError, match="NUL"):
         quote_ident("a\x00b")
 
 

@@ -21,7 +21,7 @@ from applier.sinks.sqlite_sql import (
     update_one_sql,
     upsert_sql,
 )
-from funnel.errors import SinkError
+from funnel.errors import SinkError, TimeFunnelError
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_quote_ident_doubles_embedded_quotes() -> None:
 
 
 def test_quote_ident_rejects_nul() -> None:
-    with pytest.raises(SinkError, match="NUL"):
+    with pytest.raises(TimeFunnelError, match="NUL"):
         quote_ident("a\x00b")
 
 

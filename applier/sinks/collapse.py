@@ -1,0 +1,249 @@
+"""The net effect of row changes on a mirror: pure functions and containers, no database.
+
+One ``Sink.apply`` call is one database transaction, so nothing between its first and
+its last change is ever visible.  The sink therefore sends, per table, only what is
+left at the end of a *stretch* (the changes between two barriers, see below):
+
+* a keyed table: per key, the last image (upsert) or a delete.  An update that changes
+  the key is a delete of the old key and an upsert of the new one;
+* a keyless table (a multiset): every change, in order, consecutive ones of one kind
+  merged into one batch -- two equal rows are two rows, so nothing collapses.
+
+Barriers end a stretch: schema changes and truncates, applied in order between the
+stretch before and the one after; and a table whose rows change column layout while
+it has pending rows (a PostgreSQL row that leaves out an unchanged TOASTed value), since
+a partial image must not replace a whole one.
+
+Memory is proportional to the distinct keys of a stretch (plus keyless changes), not to
+the number of changes.  ``Ordered`` is the exact alternative: every change in source
+order, consecutive statements of one kind merged; the sink falls back to it when the
+net effect trips a constraint that ordered replay may not (a secondary unique index or
+a foreign key on the mirror).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Protocol
+
+from funnel.events import Op, Row, TableChanges, Value
+
+Image = Sequence[Value]
+KeyOf = Callable[[Image], Hashable]
+
+_AFTER = itemgetter(1)
+_BEFORE = itemgetter(0)
+UPSERT_OPS = (Op.SNAPSHOT, Op.INSERT)
+
+# Batch kinds, what a writer is asked to do with a list of items.
+UPSERT = "upsert"  # keyed: after images
+DELETE = "delete"  # keyed: keys as ``plan.key_of`` gives them
+INSERT = "insert"  # keyless: after images
+DELETE_ONE = "delete_one"  # keyless: rows, each deletes one mirror row equal to its before image
+UPDATE_ONE = "update_one"  # keyless: rows, each updates one mirror row equal to its before image
+
+
+class Plan(Protocol):
+    """What the collapse needs to know of a table layout (a writer's prepared plan)."""
+
+    keyless: bool
+    key_of: KeyOf  # the key of a row image, hashable (a value or a tuple)
+
+
+@dataclass(slots=True)
+class Batch:
+    """A list of items of one kind for one plan, from transactions ``first_txid..last_txid``."""
+
+    plan: Any
+    kind: str
+    items: list[Any]
+    first_txid: str
+    last_txid: str
+    snapshot: bool = False  # holds rows of the initial copy
+
+    @property
+    def txids(self) -> str:
+        return self.first_txid if self.first_txid == self.last_txid else f"{self.first_txid}..{self.last_txid}"
+
+
+@dataclass(slots=True)
+class _TableNet:
+    plan: Any
+    first_txid: str
+    last_txid: str = ""
+    rows: dict[Hashable, Image | None] = field(default_factory=dict)  # key -> last image, None: deleted
+    keyless: list[Batch] = field(default_factory=list)
+    snapshot: bool = False
+
+
+def changed_key_rows(rows: Sequence[Row], key_of: KeyOf) -> list[int]:
+    """Indexes of update rows whose key differs between before and after.
+
+    Raises TypeError or IndexError for a malformed image.
+    """
+    try:
+        old = list(map(key_of, map(_BEFORE, rows)))
+    except TypeError:  # an update without before image (an upsert): look row by row
+        return [i for i, (before, after) in enumerate(rows) if before is not None and key_of(before) != key_of(after)]
+    new = list(map(key_of, map(_AFTER, rows)))
+    if old == new:  # the common case, decided without a Python step per row
+        return []
+    return [i for i, (before, after) in enumerate(zip(old, new)) if before != after]
+
+
+def keyed_steps(op: Op, rows: Sequence[Row], key_of: KeyOf) -> Iterator[tuple[str, list[Any]]]:
+    """A keyed group as (UPSERT, images) and (DELETE, keys) steps in order.
+
+    Raises TypeError or IndexError for a malformed image, SinkError-free otherwise;
+    ValueError for an operation without rows to apply.
+    """
+    if op == Op.DELETE:
+        yield DELETE, list(map(key_of, map(_BEFORE, rows)))
+    elif op == Op.UPDATE:
+        start = 0
+        for i in changed_key_rows(rows, key_of):
+            if i > start:
+                yield UPSERT, list(map(_AFTER, rows[start:i]))
+            yield DELETE, [key_of(rows[i].before)]
+            start = i
+        yield UPSERT, list(map(_AFTER, rows[start:]))
+    elif op in UPSERT_OPS:
+        yield UPSERT, list(map(_AFTER, rows))
+    else:
+        raise ValueError(f"unknown operation {op!r}")
+
+
+def keyless_step(op: Op, rows: Sequence[Row]) -> tuple[str, list[Any]]:
+    """A keyless group as one step.  Raises ValueError for an unknown operation."""
+    if op == Op.DELETE:
+        return DELETE_ONE, list(rows)
+    if op == Op.UPDATE:
+        return UPDATE_ONE, list(rows)
+    if op in UPSERT_OPS:
+        return INSERT, list(map(_AFTER, rows))
+    raise ValueError(f"unknown operation {op!r}")
+
+
+class Stretch:
+    """The net row changes of a stretch, per table (see the module docstring)."""
+
+    __slots__ = ("_tables",)
+
+    def __init__(self) -> None:
+        self._tables: dict[str, _TableNet] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._tables)
+
+    def fits(self, table: str, plan: Plan) -> bool:
+        """False when ``table`` has pending rows of another layout: end the stretch first."""
+        net = self._tables.get(table)
+        return net is None or net.plan is plan
+
+    def add(self, table: str, group: TableChanges, plan: Plan, txid: str) -> None:
+        """Fold ``group`` (rows of ``table`` laid out as ``plan``) into the net changes.
+
+        The caller checked ``fits``.  Raises TypeError or IndexError for a malformed
+        image (the stretch is then unusable), ValueError for an unknown operation.
+        """
+        net = self._tables.get(table)
+        if net is None:
+            net = self._tables[table] = _TableNet(plan, txid)
+        net.last_txid = txid
+        if group.op == Op.SNAPSHOT:
+            net.snapshot = True
+        if plan.keyless:
+            kind, items = keyless_step(group.op, group.rows)
+            _append(net.keyless, plan, kind, items, txid, group.op == Op.SNAPSHOT)
+            return
+        pending = net.rows
+        key_of = plan.key_of
+        if len(group.rows) == 1 and _add_one(pending, group.op, group.rows[0], key_of):
+            return
+        for kind, items in keyed_steps(group.op, group.rows, key_of):
+            if kind == UPSERT:
+                pending.update(zip(map(key_of, items), items))
+            else:
+                pending.update(dict.fromkeys(items))
+
+    def batches(self) -> tuple[list[Batch], list[Batch]]:
+        """(deletes, the rest): every table's keyed deletes first, then its upserts and
+        keyless batches, tables in the order they first changed.  Empties the stretch.
+
+        Deletes go first so that a key freed in one table and taken in another never
+        collides; what still collides on a mirror-only constraint is replayed in order.
+        """
+        deletes: list[Batch] = []
+        rest: list[Batch] = []
+        for net in self._tables.values():
+            if net.keyless:
+                rest.extend(net.keyless)
+                continue
+            gone = [key for key, image in net.rows.items() if image is None]
+            images = [image for image in net.rows.values() if image is not None]
+            if gone:
+                deletes.append(Batch(net.plan, DELETE, gone, net.first_txid, net.last_txid))
+            if images:
+                rest.append(Batch(net.plan, UPSERT, images, net.first_txid, net.last_txid, net.snapshot))
+        self._tables = {}
+        return deletes, rest
+
+
+def _add_one(pending: dict[Hashable, Image | None], op: Op, row: Row, key_of: KeyOf) -> bool:
+    """The one-row group of an OLTP transaction, folded without building lists; as
+    ``keyed_steps`` would.  False for an operation it leaves to ``keyed_steps``."""
+    before, after = row
+    if op == Op.UPDATE:
+        new = key_of(after)
+        if before is not None:
+            old = key_of(before)
+            if old != new:
+                pending[old] = None
+        pending[new] = after
+    elif op == Op.DELETE:
+        pending[key_of(before)] = None
+    elif op in UPSERT_OPS:
+        pending[key_of(after)] = after
+    else:
+        return False
+    return True
+
+
+class Ordered:
+    """Every change in source order; consecutive items of one kind for one plan and one
+    transaction form one batch, so that an error names the transaction exactly."""
+
+    __slots__ = ("_batches",)
+
+    def __init__(self) -> None:
+        self._batches: list[Batch] = []
+
+    def add(self, group: TableChanges, plan: Plan, txid: str) -> None:
+        """Raises TypeError or IndexError for a malformed image, ValueError for an unknown operation."""
+        snapshot = group.op == Op.SNAPSHOT
+        if plan.keyless:
+            kind, items = keyless_step(group.op, group.rows)
+            _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
+            return
+        for kind, items in keyed_steps(group.op, group.rows, plan.key_of):
+            _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
+
+    def batches(self) -> list[Batch]:
+        """The batches so far, in order.  Empties the container."""
+        batches, self._batches = self._batches, []
+        return batches
+
+
+def _append(batches: list[Batch], plan: Any, kind: str, items: list[Any], txid: str, snapshot: bool,
+            same_txid: bool = False) -> None:
+    if not items:
+        return
+    last = batches[-1] if batches else None
+    if (last is not None and last.plan is plan and last.kind == kind
+            and not (same_txid and last.last_txid != txid)):
+        last.items.extend(items)
+        last.last_txid = txid
+        last.snapshot = last.snapshot or snapshot
+    else:
+        batches.append(Batch(plan, kind, items, txid, txid, snapshot))

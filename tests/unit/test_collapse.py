@@ -1,0 +1,135 @@
+"""The net effect of row changes (applier.sinks.collapse): pure, no database."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, Callable
+
+import pytest
+
+from applier.sinks.collapse import DELETE, DELETE_ONE, INSERT, UPDATE_ONE, UPSERT, Ordered, Stretch, changed_key_rows
+from funnel.events import Op, Row, TableChanges
+
+
+@dataclass(frozen=True)
+class Plan:
+    keyless: bool
+    key_of: Callable[[Any], Any]
+
+
+KEYED = Plan(False, itemgetter(0))
+PAIR = Plan(False, itemgetter(0, 1))
+KEYLESS = Plan(True, tuple)
+
+
+def group(op: Op, *rows: Row, table: str = "t") -> TableChanges:
+    return TableChanges(table, op, ["k", "v"], ["k"], list(rows))
+
+
+def ins(k: Any, v: Any) -> Row:
+    return Row(None, [k, v])
+
+
+def upd(before: list, after: list) -> Row:
+    return Row(before, after)
+
+
+def dele(k: Any, v: Any) -> Row:
+    return Row([k, v], None)
+
+
+def net(*steps: tuple[TableChanges, Plan, str]) -> list[tuple[str, str, list, str]]:
+    stretch = Stretch()
+    for changes, plan, txid in steps:
+        assert stretch.fits(changes.table, plan)
+        stretch.add(changes.table, changes, plan, txid)
+    deletes, rest = stretch.batches()
+    assert not stretch
+    return [(b.kind, b.plan is KEYLESS, b.items, b.txids) for b in deletes + rest]
+
+
+def test_last_image_per_key_wins_and_deletes_go_first() -> None:
+    assert net((group(Op.INSERT, ins(1, "a"), ins(2, "b")), KEYED, "t1"),
+               (group(Op.UPDATE, upd([1, "a"], [1, "a2"])), KEYED, "t2"),
+               (group(Op.DELETE, dele(2, "b")), KEYED, "t3"),
+               (group(Op.INSERT, ins(3, "c")), KEYED, "t4")) == [
+        (DELETE, False, [2], "t1..t4"), (UPSERT, False, [[1, "a2"], [3, "c"]], "t1..t4")]
+
+
+def test_a_deleted_key_inserted_again_is_an_upsert() -> None:
+    assert net((group(Op.DELETE, dele(1, "a")), KEYED, "t1"), (group(Op.INSERT, ins(1, "b")), KEYED, "t2")) == [
+        (UPSERT, False, [[1, "b"]], "t1..t2")]
+
+
+def test_a_key_change_deletes_the_old_key_and_chains_collapse() -> None:
+    # 1 -> 2 -> 3, then the freed 1 is taken by another row.
+    assert net((group(Op.UPDATE, upd([1, "a"], [2, "a"]), upd([2, "a"], [3, "b"])), KEYED, "t1"),
+               (group(Op.UPDATE, upd([5, "e"], [1, "e"])), KEYED, "t2")) == [
+        (DELETE, False, [2, 5], "t1..t2"), (UPSERT, False, [[1, "e"], [3, "b"]], "t1..t2")]
+
+
+def test_composite_keys_are_tuples() -> None:
+    changes = TableChanges("t", Op.UPDATE, ["a", "b", "v"], ["a", "b"], [Row([1, 1, 0], [1, 2, 0])])
+    assert net((changes, PAIR, "t1")) == [(DELETE, False, [(1, 1)], "t1"), (UPSERT, False, [[1, 2, 0]], "t1")]
+
+
+def test_keyless_changes_are_kept_in_order_and_merged_by_kind() -> None:
+    a, b = Row([1, "x"], [1, "y"]), Row([1, "x"], None)
+    assert net((group(Op.INSERT, ins(1, "x"), ins(1, "x")), KEYLESS, "t1"),
+               (group(Op.INSERT, ins(1, "x")), KEYLESS, "t2"),
+               (group(Op.UPDATE, a), KEYLESS, "t3"),
+               (group(Op.DELETE, b), KEYLESS, "t4")) == [
+        (INSERT, True, [[1, "x"]] * 3, "t1..t2"), (UPDATE_ONE, True, [a], "t3"), (DELETE_ONE, True, [b], "t4")]
+
+
+def test_tables_keep_the_order_they_first_changed_in() -> None:
+    stretch = Stretch()
+    stretch.add("b", group(Op.INSERT, ins(1, "x"), table="b"), KEYED, "t1")
+    stretch.add("a", group(Op.INSERT, ins(1, "x"), table="a"), Plan(False, itemgetter(0)), "t2")
+    _, rest = stretch.batches()
+    assert [b.first_txid for b in rest] == ["t1", "t2"]
+
+
+def test_another_layout_of_a_pending_table_does_not_fit() -> None:
+    stretch = Stretch()
+    stretch.add("t", group(Op.INSERT, ins(1, "x")), KEYED, "t1")
+    assert not stretch.fits("t", Plan(False, itemgetter(0)))
+    assert stretch.fits("other", KEYLESS)
+
+
+def test_snapshot_rows_mark_their_batch() -> None:
+    stretch = Stretch()
+    stretch.add("t", group(Op.SNAPSHOT, ins(1, "x")), KEYED, "s")
+    _, rest = stretch.batches()
+    assert rest[0].snapshot
+
+
+def test_malformed_images_and_unknown_operations_raise() -> None:
+    with pytest.raises(TypeError):
+        Stretch().add("t", group(Op.DELETE, Row(None, None)), KEYED, "t1")
+    with pytest.raises(ValueError):
+        Stretch().add("t", group(Op.TRUNCATE, ins(1, "x")), KEYED, "t1")
+
+
+def test_ordered_keeps_every_change_and_batches_per_transaction() -> None:
+    ordered = Ordered()
+    ordered.add(group(Op.INSERT, ins(1, "a"), ins(1, "b")), KEYED, "t1")
+    ordered.add(group(Op.INSERT, ins(2, "c")), KEYED, "t2")
+    ordered.add(group(Op.UPDATE, upd([1, "b"], [3, "b"])), KEYED, "t2")
+    assert [(b.kind, b.items, b.txids) for b in ordered.batches()] == [
+        (UPSERT, [[1, "a"], [1, "b"]], "t1"), (UPSERT, [[2, "c"]], "t2"), (DELETE, [1], "t2"),
+        (UPSERT, [[3, "b"]], "t2")]
+    assert ordered.batches() == []
+
+
+def test_changed_key_rows_without_before_image() -> None:
+    rows = [Row(None, [1, "a"]), Row([2, "b"], [3, "b"]), Row([4, "c"], [4, "d"])]
+    assert changed_key_rows(rows, itemgetter(0)) == [1]
+
+
+def test_memory_is_per_distinct_key() -> None:
+    stretch = Stretch()
+    for n in range(1000):
+        stretch.add("t", group(Op.UPDATE, *(upd([k, n], [k, n + 1]) for k in range(10))), KEYED, f"t{n}")
+    _, rest = stretch.batches()
+    assert rest[0].items == [[k, 1000] for k in range(10)] and rest[0].txids == "t0..t999"
