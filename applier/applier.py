@@ -31,6 +31,7 @@ from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, und
 from applier.sinks.base import Sink
 from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
+from applier.window import gc_paused, net_effect
 from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.control import check_mirror_id, command_key, decode_record, delay_key, status_key
@@ -53,6 +54,9 @@ class ApplierOptions:
     delay_s: float | None = None
     buffer_rows: int = 100_000  # pause the funnel partition beyond this many held rows
     max_commit_rows: int = 20_000  # rows per database transaction in group commit
+    # Rows per window while draining to a hold time (seek, promote): the window's net effect
+    # is written in one database transaction with the position after it.
+    drain_window_rows: int = 50_000
     status_interval_s: float = 1.0
     announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
@@ -60,7 +64,7 @@ class ApplierOptions:
         check_mirror_id(self.mirror)
         if self.delay_s is not None and self.delay_s < 0:
             raise ConfigError("the delay cannot be negative")
-        if self.buffer_rows < 1 or self.max_commit_rows < 1:
+        if self.buffer_rows < 1 or self.max_commit_rows < 1 or self.drain_window_rows < 1:
             raise ConfigError("buffer and commit sizes must be positive")
 
 
@@ -138,7 +142,6 @@ class Applier:
         self.low_watermark = 0
         self.high_watermark = 0
         self._started = False  # the feed is open: close() must publish the final status and close it
-        self._generation = 0  # bumped when the feed is repositioned: what was polled before lies beyond
         # Called once per group commit with (seconds, transactions, rows): the metrics'
         # apply-duration histogram, which must include decoding, not only the sink.
         self.apply_observers: list[Callable[[float, int, int], None]] = []
@@ -258,17 +261,21 @@ class Applier:
         """
         if self._fenced is not None:
             raise self._fenced
-        generation = self._generation
         try:
             messages = self.feed.poll(2000, self._poll_timeout(poll_timeout_s))
         except OffsetLost as exc:
             self._expired_while_reading(exc)
+        # The funnel's messages first: a command in the same batch must see them held
+        # (the feed's position is already past them, so "read to the end" would hold
+        # otherwise, and a promote would finish before applying them).
+        control = []
         for msg in messages:
-            self._receive(msg)
-            if self._generation != generation:
-                # A backward seek (a control record in this batch) repositioned the
-                # feed: the rest of this batch lies after the new position.
-                break
+            if msg.topic() == self.topic:
+                self._receive(msg)
+            else:
+                control.append(msg)
+        for msg in control:  # a backward seek among them repositions the feed and forgets what was held
+            self._control_record(msg)
         self._flow_control()
         applied = self._apply_due()
         self._refresh_watermarks()
@@ -284,9 +291,6 @@ class Applier:
         return max(0.0, min(default, wait_us / MICROS))
 
     def _receive(self, msg: FeedMessage) -> None:
-        if msg.topic() != self.topic:
-            self._control_record(msg)
-            return
         held = self.assembler.add(msg)
         if held is not None:
             self.held.append(held)
@@ -365,7 +369,6 @@ class Applier:
         self.assembler = Assembler(self.topic, keep_payloads=True)
         control_offset = self._control_offset()
         self.feed.reopen()
-        self._generation += 1
         self._assign(control_offset)
 
     def _control_offset(self) -> int:
@@ -421,7 +424,9 @@ class Applier:
         self._publish_status(force=True)
 
     def _flow_control(self) -> None:
-        limit = self.options.buffer_rows
+        # A drain holds two windows: the one being written and the next one filling.
+        limit = max(self.options.buffer_rows, 2 * self.options.drain_window_rows) if self.draining() \
+            else self.options.buffer_rows
         if not self.paused and self.held_rows >= limit:
             self.feed.pause()
             self.paused = True
@@ -430,6 +435,11 @@ class Applier:
             self.paused = False
 
     # -- applying -----------------------------------------------------------------
+    def draining(self) -> bool:
+        """Holding at a target (seek, promote): the states before the target are never served,
+        so whole windows of transactions are written as their net effect."""
+        return self.position.hold_until is not None
+
     def is_due(self, held: TransactionSummary, now: int) -> bool:
         """Snapshot rows at once; while holding, everything before the hold time; else commit + delay."""
         if held.kind in (Kind.SNAPSHOT, Kind.SNAPSHOT_END):
@@ -444,37 +454,52 @@ class Applier:
         rows = 0
         if self.finished:
             return due
+        limit = self.options.drain_window_rows if self.draining() else self.options.max_commit_rows
         for held in self.held:
             if not self.is_due(held, now):
                 break
-            if due and rows + held.rows > self.options.max_commit_rows:
+            if due and rows + held.rows > limit:
                 break
             due.append(held)
             rows += held.rows
         return due
 
+    def _window_filling(self, now: int) -> bool:
+        """A drain writes full windows: it waits while the window is not full, nothing past the
+        target arrived, the buffer has room and the funnel holds more. Steady apply never waits."""
+        if not self.draining() or self.paused or not self.held or self.held_rows >= self.options.drain_window_rows:
+            return False
+        return self.is_due(self.held[-1], now) and not self._read_to_end()
+
     def _apply_due(self) -> int:
-        due = self.due_transactions(self.clock())
+        now = self.clock()
+        if self._window_filling(now):
+            return 0
+        due = self.due_transactions(now)
         if not due:
             return 0
         started = time.perf_counter()
-        transactions = [self._decode(held) for held in due]
-        position = self._position_after(transactions)
+        position = self._position_after(due)
         excluded = set(self.position.excluded_txids)
         # Excluded transactions (the erroneous ones a promote leaves out) are passed
         # over: the position moves past them, their rows are never applied.
-        rows = self.sink.apply([t for t in transactions if t.txid not in excluded], position)
+        if self.draining():
+            with gc_paused():  # each transaction is decoded and absorbed, then dropped: memory stays small
+                self.sink.apply(net_effect(self._decode(held) for held in due if held.txid not in excluded), position)
+            rows = sum(held.rows for held in due if held.txid not in excluded and held.kind is not Kind.HEARTBEAT)
+        else:
+            rows = self.sink.apply([self._decode(held) for held in due if held.txid not in excluded], position)
         self.position = position
         for held in due:
             self.held.popleft()
             self.held_rows -= held.rows
-        self.stats.applied_transactions += sum(1 for t in transactions if t.kind is not Kind.HEARTBEAT)
+        self.stats.applied_transactions += sum(1 for held in due if held.kind is not Kind.HEARTBEAT)
         self.stats.applied_rows += rows
         elapsed = time.perf_counter() - started
         self.stats.apply_seconds += elapsed
         self.stats.commits += 1
         for observe in self.apply_observers:
-            observe(elapsed, len(transactions), rows)
+            observe(elapsed, len(due), rows)
         self.feed.commit(position.next_offset)
         return rows
 
@@ -488,7 +513,7 @@ class Applier:
                                  f"(chunk {index}): {exc}", hint=exc.hint) from exc
         return Transaction(held.txid, held.commit_ts, held.kind, held.first_offset, held.last_offset, batches)
 
-    def _position_after(self, transactions: list[Transaction]) -> MirrorPosition:
+    def _position_after(self, transactions: list[TransactionSummary]) -> MirrorPosition:
         last = transactions[-1]
         previous = self.position
         snapshot_done = previous.snapshot_done or any(t.kind is Kind.SNAPSHOT_END for t in transactions)
