@@ -8,6 +8,7 @@ record (``Command.as_dict``) to a callback.
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from applier.sinks import has_mirror_state, open_sink
 from applier.transaction import MirrorPosition
 from funnel.clock import now_us
 from funnel.control import ControlChannel, ControlState
-from funnel.errors import TimeFunnelError
+from funnel.errors import ConfigError, TimeFunnelError
 from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.records import CommandRecord, MirrorStatus
@@ -166,11 +167,26 @@ def raise_if_gone(mirror: str, command: Command, status: MirrorStatus | None, no
                                "(that takes the mirror over and fences the old applier)")
 
 
+def drain_window_rows() -> int:
+    """Rows per drain window: ``$FUNNEL_DRAIN_WINDOW_ROWS`` or ApplierOptions' default.
+
+    A tuning knob (smaller windows: less memory, more commits); the tests use it to make
+    a small funnel take many windows. Raises ConfigError for a value that is not a positive int.
+    """
+    text = os.environ.get("FUNNEL_DRAIN_WINDOW_ROWS")
+    if text is None:
+        return ApplierOptions.drain_window_rows
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"FUNNEL_DRAIN_WINDOW_ROWS={text!r} is not a positive number of rows",
+                          hint="unset it, or give e.g. 50000")
+    return int(text)
+
+
 def _in_process(handle: MirrorHandle, command: Command, plan: Plan, report: Report) -> dict[str, Any]:
     delay = handle.control.delay(handle.mirror)
-    applier = Applier(handle.kafka, open_sink(handle.sink_url),
-                      ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0,
-                                     announce_delay=False))
+    options = ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0, announce_delay=False,
+                             drain_window_rows=drain_window_rows())
+    applier = Applier(handle.kafka, open_sink(handle.sink_url), options)
     applier.sink_url = without_password(handle.sink_url)
     applier.start()
     try:
