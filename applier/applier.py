@@ -31,6 +31,8 @@ from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, und
 from applier.sinks.base import Sink
 from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
+from applier.commands import ApplierStats, Command
+from applier.decode_worker import Pipeline
 from applier.window import gc_paused, net_effect
 from funnel.clock import now_us
 from funnel.codec import EventCodec
@@ -57,6 +59,7 @@ class ApplierOptions:
     # Rows per window while draining to a hold time (seek, promote): the window's net effect
     # is written in one database transaction with the position after it.
     drain_window_rows: int = 50_000
+    decode_worker: bool = False  # drains decode full windows in a worker process (applier.decode_worker)
     status_interval_s: float = 1.0
     announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
@@ -66,48 +69,6 @@ class ApplierOptions:
             raise ConfigError("the delay cannot be negative")
         if self.buffer_rows < 1 or self.max_commit_rows < 1 or self.drain_window_rows < 1:
             raise ConfigError("buffer and commit sizes must be positive")
-
-
-@dataclass
-class ApplierStats:
-    """What the applier knows about itself; published as status and as metrics."""
-
-    applied_transactions: int = 0
-    applied_rows: int = 0
-    apply_seconds: float = 0.0
-    commits: int = 0
-    undone_transactions: int = 0
-    undone_rows: int = 0
-
-
-@dataclass
-class Command:
-    """A seek, resume or promote being carried out (from the control topic or the CLI)."""
-
-    id: str
-    kind: str  # seek | resume | promote
-    to: int | None = None
-    excluded: tuple[str, ...] = ()
-    state: str = "running"  # running | done | failed
-    error: str | None = None
-    started_applied_rows: int = 0
-    started_applied_transactions: int = 0
-    started_undone_rows: int = 0
-    started_undone_transactions: int = 0
-    phase: str = "starting"  # planning | undoing | applying: what a long command is busy with
-
-    def begin(self, stats: "ApplierStats") -> None:
-        """Count progress from here: the stats are the applier's totals."""
-        self.started_applied_rows, self.started_applied_transactions = stats.applied_rows, stats.applied_transactions
-        self.started_undone_rows, self.started_undone_transactions = stats.undone_rows, stats.undone_transactions
-
-    def as_dict(self, stats: "ApplierStats") -> dict:
-        return {"id": self.id, "kind": self.kind, "to": self.to, "excluded": list(self.excluded),
-                "state": self.state, "error": self.error, "phase": self.phase,
-                "applied_transactions": stats.applied_transactions - self.started_applied_transactions,
-                "applied_rows": stats.applied_rows - self.started_applied_rows,
-                "undone_transactions": stats.undone_transactions - self.started_undone_transactions,
-                "undone_rows": stats.undone_rows - self.started_undone_rows}
 
 
 class Applier:
@@ -153,6 +114,7 @@ class Applier:
         self._last_status = float("-inf")
         self._last_watermarks = 0.0
         self._control_start = 0
+        self.pipeline = Pipeline(self.topic)  # drain windows decoded by a worker, not yet written
 
     # -- start ------------------------------------------------------------------
     def start(self) -> None:
@@ -331,6 +293,8 @@ class Applier:
         the mirror is unchanged then, except for transactions already undone atomically.
         """
         refuse_if_promoted(self.position)
+        while self.pipeline:  # the windows formed for the previous target are written first
+            self._write_window(*self.pipeline.oldest())
         command.begin(self.stats)
         self.command = command
         if command.kind == "resume":
@@ -381,7 +345,7 @@ class Applier:
     def reached_target(self) -> bool:
         """Holding, and everything before the hold time is applied."""
         hold = self.position.hold_until
-        if hold is None:
+        if hold is None or self.pipeline:
             return False
         if self.held:
             return self.held[0].commit_ts >= hold
@@ -389,7 +353,7 @@ class Applier:
 
     def caught_up(self) -> bool:
         """Nothing held and nothing more in the funnel (after the due work is applied)."""
-        return not self.held and self._read_to_end()
+        return not self.held and not self.pipeline and self._read_to_end()
 
     def _read_to_end(self) -> bool:
         """Everything the funnel holds has been received; confirmed with the broker when it seems so."""
@@ -427,10 +391,11 @@ class Applier:
         # A drain holds two windows: the one being written and the next one filling.
         limit = max(self.options.buffer_rows, 2 * self.options.drain_window_rows) if self.draining() \
             else self.options.buffer_rows
-        if not self.paused and self.held_rows >= limit:
+        held_rows = self.held_rows + self.pipeline.rows
+        if not self.paused and held_rows >= limit:
             self.feed.pause()
             self.paused = True
-        elif self.paused and self.held_rows <= limit // 2:
+        elif self.paused and held_rows <= limit // 2:
             self.feed.resume()
             self.paused = False
 
@@ -476,11 +441,21 @@ class Applier:
         if self._window_filling(now):
             return 0
         due = self.due_transactions(now)
+        excluded = set(self.position.excluded_txids)
+        if self._through_worker(due):
+            if due:  # decoded by the worker while this process writes the window before it
+                previous = self.pipeline.windows[-1][1] if self.pipeline else self.position
+                self.pipeline.submit(due, self._position_after(due, previous), excluded)
+                for _ in due:
+                    self.held.popleft()
+                self.held_rows -= sum(held.rows for held in due)
+            if len(self.pipeline) > 1 or (self.pipeline and not due):
+                return self._write_window(*self.pipeline.oldest())
+            return 0
         if not due:
             return 0
         started = time.perf_counter()
-        position = self._position_after(due)
-        excluded = set(self.position.excluded_txids)
+        position = self._position_after(due, self.position)
         # Excluded transactions (the erroneous ones a promote leaves out) are passed
         # over: the position moves past them, their rows are never applied.
         if self.draining():
@@ -489,10 +464,28 @@ class Applier:
             rows = sum(held.rows for held in due if held.txid not in excluded and held.kind is not Kind.HEARTBEAT)
         else:
             rows = self.sink.apply([self._decode(held) for held in due if held.txid not in excluded], position)
-        self.position = position
-        for held in due:
+        for _ in due:
             self.held.popleft()
-            self.held_rows -= held.rows
+        self.held_rows -= sum(held.rows for held in due)
+        return self._applied(due, position, rows, started)
+
+    def _through_worker(self, due: list[TransactionSummary]) -> bool:
+        """Drains of more than a window use the worker, and keep using it to the end (windows stay in order)."""
+        if self.pipeline.worker is not None:
+            return True
+        return self.options.decode_worker and self.draining() and \
+            sum(held.rows for held in due) >= self.options.drain_window_rows
+
+    def _write_window(self, due: list[TransactionSummary], position: MirrorPosition, net: list[Transaction]) -> int:
+        started = time.perf_counter()
+        excluded = set(position.excluded_txids)
+        with gc_paused():
+            self.sink.apply(net, position)
+        rows = sum(held.rows for held in due if held.txid not in excluded and held.kind is not Kind.HEARTBEAT)
+        return self._applied(due, position, rows, started)
+
+    def _applied(self, due: list[TransactionSummary], position: MirrorPosition, rows: int, started: float) -> int:
+        self.position = position
         self.stats.applied_transactions += sum(1 for held in due if held.kind is not Kind.HEARTBEAT)
         self.stats.applied_rows += rows
         elapsed = time.perf_counter() - started
@@ -513,9 +506,8 @@ class Applier:
                                  f"(chunk {index}): {exc}", hint=exc.hint) from exc
         return Transaction(held.txid, held.commit_ts, held.kind, held.first_offset, held.last_offset, batches)
 
-    def _position_after(self, transactions: list[TransactionSummary]) -> MirrorPosition:
+    def _position_after(self, transactions: list[TransactionSummary], previous: MirrorPosition) -> MirrorPosition:
         last = transactions[-1]
-        previous = self.position
         snapshot_done = previous.snapshot_done or any(t.kind is Kind.SNAPSHOT_END for t in transactions)
         changes = [t for t in transactions if t.kind in (Kind.CHANGES, Kind.HEARTBEAT, Kind.SNAPSHOT_END)]
         valid_as_of = max([previous.valid_as_of or 0] + [t.commit_ts for t in changes]) or None
@@ -586,4 +578,5 @@ class Applier:
                 log.warning("closing control channel: %s", exc)
             self.feed.close()
             self._started = False
+        self.pipeline.close()  # windows not written yet: their position was never recorded
         self.sink.close()

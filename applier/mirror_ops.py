@@ -198,7 +198,7 @@ def drain_window_rows() -> int:
 def _in_process(handle: MirrorHandle, command: Command, plan: Plan, report: Report) -> dict[str, Any]:
     delay = handle.control.delay(handle.mirror)
     options = ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0, announce_delay=False,
-                             drain_window_rows=drain_window_rows())
+                             drain_window_rows=drain_window_rows(), decode_worker=True)
     applier = Applier(handle.kafka, open_sink(handle.sink_url), options)
     applier.sink_url = without_password(handle.sink_url)
     applier.start()

@@ -12,6 +12,8 @@ import random
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from applier.sinks.sqlite import SqliteSink
 from applier.transaction import MirrorPosition, Transaction
 from applier.window import net_effect
@@ -139,9 +141,10 @@ class Recording(SqliteSink):
         return super().apply(transactions, position)
 
 
-def drain_mirror(tmp_path: Path, window_rows: int) -> Mirror:
+def drain_mirror(tmp_path: Path, window_rows: int, worker: bool = False) -> Mirror:
     mirror = Mirror(tmp_path, delay_s=3600)
-    mirror.applier.options = type(mirror.applier.options)("shop", "m1", 3600, drain_window_rows=window_rows)
+    mirror.applier.options = type(mirror.applier.options)("shop", "m1", 3600, drain_window_rows=window_rows,
+                                                          decode_worker=worker)
     mirror.applier.sink = Recording(mirror.path)
     # 12 transactions of 2 rows each; t3 overwrites t1's key 1 and t7 deletes it.
     batches = [chunk(f"t{i}", T0 + i * S, [i * 10, i * 10 + 1]) for i in range(12)]
@@ -155,8 +158,9 @@ def drain_mirror(tmp_path: Path, window_rows: int) -> Mirror:
     return mirror
 
 
-def test_a_drain_writes_windows_of_whole_transactions_with_their_position(tmp_path: Path) -> None:
-    mirror = drain_mirror(tmp_path, window_rows=5)
+@pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker"])
+def test_a_drain_writes_windows_of_whole_transactions_with_their_position(tmp_path: Path, worker: bool) -> None:
+    mirror = drain_mirror(tmp_path, window_rows=5, worker=worker)
     mirror.command(T0 + 60 * S, id="c1", kind="seek", to=T0 + 9 * S)  # t0..t8 are before the target
     sink = mirror.applier.sink
     windows = [(next_offset, txid) for count, next_offset, txid in sink.calls if count]
@@ -170,8 +174,9 @@ def test_a_drain_writes_windows_of_whole_transactions_with_their_position(tmp_pa
     mirror.applier.close()
 
 
-def test_a_drain_leaves_excluded_transactions_out_and_stops_at_the_target(tmp_path: Path) -> None:
-    mirror = drain_mirror(tmp_path, window_rows=100)
+@pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker"])
+def test_a_drain_leaves_excluded_transactions_out_and_stops_at_the_target(tmp_path: Path, worker: bool) -> None:
+    mirror = drain_mirror(tmp_path, window_rows=6, worker=worker)
     # Leaving out t7 (the delete of key 10) keeps key 10 with t3's image.
     mirror.command(T0 + 60 * S, id="c1", kind="seek", to=T0 + 10 * S, excluded=["t7", "t2"])
     with sqlite3.connect(mirror.path) as db:
@@ -179,7 +184,8 @@ def test_a_drain_leaves_excluded_transactions_out_and_stops_at_the_target(tmp_pa
     expected = sorted(({i * 10 for i in range(10)} | {i * 10 + 1 for i in range(10)}) - {20, 21, 70, 71})
     assert mirror.ids() == expected
     assert mirror.applier.position.next_offset == 10 and mirror.applier.position.last_txid == "t9"
-    assert [next_offset for count, next_offset, _ in mirror.applier.sink.calls if count] == [10]
+    offsets = [next_offset for count, next_offset, _ in mirror.applier.sink.calls if count]
+    assert offsets == sorted(offsets) and offsets[-1] == 10 and len(offsets) >= 3  # windows of at most 6 rows
     mirror.applier.close()
 
 
