@@ -139,7 +139,7 @@ def test_a_promote_killed_at_random_points_ends_exactly_at_the_target(bootstrap,
 
     start = next_offset(mirror)
     kills = 0
-    for point in sorted(rng.sample(range(start + 1, start + TRANSACTIONS // 2), 3)):
+    for point in sorted(rng.sample(range(start + 1, start + TRANSACTIONS // 2), 2)):
         kills += promote_killed(bootstrap, args, mirror, point)
     assert kills >= 2, "the drain finished before it could be killed: make it longer"
     done = run_funnel(bootstrap, *args, timeout=120)
