@@ -59,7 +59,7 @@ class ApplierOptions:
     # Rows per window while draining to a hold time (seek, promote): the window's net effect
     # is written in one database transaction with the position after it.
     drain_window_rows: int = 50_000
-    decode_worker: bool = False  # drains decode full windows in a worker process (applier.decode_worker)
+    decode_worker: bool = False  # drains of two windows or more decode in a worker process (applier.decode_worker)
     status_interval_s: float = 1.0
     announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
@@ -309,6 +309,8 @@ class Applier:
                 plan = make_plan(reader, self.position, Target(command.to, command.excluded),
                                  progress=self._publish_status)
             command.to = plan.to
+            if self.options.decode_worker and plan.apply_rows >= 2 * self.options.drain_window_rows:
+                self.pipeline.start()  # its imports overlap the first window's reading
             # Hold first, in its own database transaction: a crash from here on restarts
             # holding at the target instead of running ahead with the delay.
             self._persist(replace(self.position, hold_until=plan.to, excluded_txids=command.excluded))
@@ -442,7 +444,7 @@ class Applier:
             return 0
         due = self.due_transactions(now)
         excluded = set(self.position.excluded_txids)
-        if self._through_worker(due):
+        if self.pipeline.worker is not None:  # a drain of two windows or more: ``execute`` started it
             if due:  # decoded by the worker while this process writes the window before it
                 previous = self.pipeline.windows[-1][1] if self.pipeline else self.position
                 self.pipeline.submit(due, self._position_after(due, previous), excluded)
@@ -468,13 +470,6 @@ class Applier:
             self.held.popleft()
         self.held_rows -= sum(held.rows for held in due)
         return self._applied(due, position, rows, started)
-
-    def _through_worker(self, due: list[TransactionSummary]) -> bool:
-        """Drains of more than a window use the worker, and keep using it to the end (windows stay in order)."""
-        if self.pipeline.worker is not None:
-            return True
-        return self.options.decode_worker and self.draining() and \
-            sum(held.rows for held in due) >= self.options.drain_window_rows
 
     def _write_window(self, due: list[TransactionSummary], position: MirrorPosition, net: list[Transaction]) -> int:
         started = time.perf_counter()

@@ -157,7 +157,7 @@ def _unpack(packed: tuple) -> Transaction:
 
 
 class Pipeline:
-    """The drain's windows between forming and writing, in order: submitted to a worker started on first use.
+    """The drain's windows between forming and writing, in order, submitted to the worker (``start``).
 
     Each entry keeps what the writer needs: the window's held transactions (for the
     stats) and the position after it (recorded with its net effect, never before).
@@ -172,9 +172,12 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def submit(self, due: list[TransactionSummary], position: object, excluded: set[str]) -> None:
+    def start(self) -> None:
         if self.worker is None:
             self.worker = WindowWorker(self.topic)
+
+    def submit(self, due: list[TransactionSummary], position: object, excluded: set[str]) -> None:
+        self.start()
         self.worker.submit([held for held in due if held.txid not in excluded])
         self.windows.append((due, position))
         self.rows += sum(held.rows for held in due)

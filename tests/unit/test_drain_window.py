@@ -171,6 +171,7 @@ def test_a_drain_writes_windows_of_whole_transactions_with_their_position(tmp_pa
     expected = sorted(({i * 10 for i in range(9)} | {i * 10 + 1 for i in range(9)}) - {10})
     assert mirror.ids() == expected and mirror.applier.position.next_offset == 9
     assert mirror.applier.stats.applied_transactions == 9
+    assert (mirror.applier.pipeline.worker is not None) == worker  # a drain of two windows or more uses it
     mirror.applier.close()
 
 
@@ -186,6 +187,7 @@ def test_a_drain_leaves_excluded_transactions_out_and_stops_at_the_target(tmp_pa
     assert mirror.applier.position.next_offset == 10 and mirror.applier.position.last_txid == "t9"
     offsets = [next_offset for count, next_offset, _ in mirror.applier.sink.calls if count]
     assert offsets == sorted(offsets) and offsets[-1] == 10 and len(offsets) >= 3  # windows of at most 6 rows
+    assert (mirror.applier.pipeline.worker is not None) == worker
     mirror.applier.close()
 
 
