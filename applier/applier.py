@@ -390,8 +390,10 @@ class Applier:
         self._publish_status(force=True)
 
     def _flow_control(self) -> None:
-        # A drain holds two windows: the one being written and the next one filling.
-        limit = max(self.options.buffer_rows, 2 * self.options.drain_window_rows) if self.draining() \
+        # A drain holds two windows: the one being written and the next one filling; through
+        # the worker a third, being decoded (pausing sooner starves the consumer's fetches).
+        windows = 3 if self.pipeline.worker is not None else 2
+        limit = max(self.options.buffer_rows, windows * self.options.drain_window_rows) if self.draining() \
             else self.options.buffer_rows
         held_rows = self.held_rows + self.pipeline.rows
         if not self.paused and held_rows >= limit:

@@ -52,11 +52,25 @@ class WindowWorker:
         # next window while this process blocks sending it (pipes hold 64 KiB).
         self._answers: queue.Queue[bytes | None] = queue.Queue()
         threading.Thread(target=self._read_answers, daemon=True, name="timefunnel-decode-answers").start()
+        # Windows are sent by a thread too: writing megabytes into the pipe blocks until the
+        # worker, busy with the window before, reads them; the loop must go on meanwhile.
+        self._requests: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self._send_requests, daemon=True, name="timefunnel-decode-requests").start()
         self.pending = 0
+
+    def _send_requests(self) -> None:
+        while (data := self._requests.get()) is not None:
+            try:
+                _write(self._process.stdin, data)
+            except (OSError, ValueError):  # the worker is gone: result() says so
+                return
 
     def _read_answers(self) -> None:
         while True:
-            data = _receive_bytes(self._process.stdout)
+            try:
+                data = _receive_bytes(self._process.stdout)
+            except (OSError, ValueError):  # closed by close()
+                data = None
             self._answers.put(data)
             if data is None:
                 return
@@ -64,7 +78,7 @@ class WindowWorker:
     def submit(self, window: Sequence[TransactionSummary]) -> None:
         """Send the window's transactions (their raw events) to be decoded and collapsed."""
         request = [(h.txid, h.commit_ts, h.kind.value, h.first_offset, h.last_offset, h.payloads) for h in window]
-        _send(self._process.stdin, request)
+        self._requests.put(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
         self.pending += 1
 
     def result(self) -> list[Transaction]:
@@ -80,6 +94,7 @@ class WindowWorker:
         return [_unpack(packed) for packed in answer[1]]
 
     def close(self) -> None:
+        self._requests.put(None)
         for pipe in (self._process.stdin, self._process.stdout):
             try:
                 pipe.close()
@@ -92,11 +107,14 @@ class WindowWorker:
             self._process.wait(5)
 
 
-def _send(pipe: BinaryIO, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _write(pipe: BinaryIO, data: bytes) -> None:
     pipe.write(len(data).to_bytes(8, "little"))
     pipe.write(data)
     pipe.flush()
+
+
+def _send(pipe: BinaryIO, message: object) -> None:
+    _write(pipe, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _receive_bytes(pipe: BinaryIO) -> bytes | None:
