@@ -31,6 +31,9 @@ from applier.pointintime import Plan, Target, make_plan, refuse_if_promoted, und
 from applier.sinks.base import Sink
 from applier.startpoint import start_offset
 from applier.transaction import MirrorPosition, Transaction
+from applier.commands import ApplierStats, Command
+from applier.decode_worker import Pipeline
+from applier.window import gc_paused, net_effect
 from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.control import check_mirror_id, command_key, decode_record, delay_key, status_key
@@ -53,6 +56,10 @@ class ApplierOptions:
     delay_s: float | None = None
     buffer_rows: int = 100_000  # pause the funnel partition beyond this many held rows
     max_commit_rows: int = 20_000  # rows per database transaction in group commit
+    # Rows per window while draining to a hold time (seek, promote): the window's net effect
+    # is written in one database transaction with the position after it.
+    drain_window_rows: int = 50_000
+    decode_worker: bool = False  # drains of two windows or more decode in a worker process (applier.decode_worker)
     status_interval_s: float = 1.0
     announce_delay: bool = True  # publish --delay on the control topic at start (not for CLI drains)
 
@@ -60,50 +67,8 @@ class ApplierOptions:
         check_mirror_id(self.mirror)
         if self.delay_s is not None and self.delay_s < 0:
             raise ConfigError("the delay cannot be negative")
-        if self.buffer_rows < 1 or self.max_commit_rows < 1:
+        if self.buffer_rows < 1 or self.max_commit_rows < 1 or self.drain_window_rows < 1:
             raise ConfigError("buffer and commit sizes must be positive")
-
-
-@dataclass
-class ApplierStats:
-    """What the applier knows about itself; published as status and as metrics."""
-
-    applied_transactions: int = 0
-    applied_rows: int = 0
-    apply_seconds: float = 0.0
-    commits: int = 0
-    undone_transactions: int = 0
-    undone_rows: int = 0
-
-
-@dataclass
-class Command:
-    """A seek, resume or promote being carried out (from the control topic or the CLI)."""
-
-    id: str
-    kind: str  # seek | resume | promote
-    to: int | None = None
-    excluded: tuple[str, ...] = ()
-    state: str = "running"  # running | done | failed
-    error: str | None = None
-    started_applied_rows: int = 0
-    started_applied_transactions: int = 0
-    started_undone_rows: int = 0
-    started_undone_transactions: int = 0
-    phase: str = "starting"  # planning | undoing | applying: what a long command is busy with
-
-    def begin(self, stats: "ApplierStats") -> None:
-        """Count progress from here: the stats are the applier's totals."""
-        self.started_applied_rows, self.started_applied_transactions = stats.applied_rows, stats.applied_transactions
-        self.started_undone_rows, self.started_undone_transactions = stats.undone_rows, stats.undone_transactions
-
-    def as_dict(self, stats: "ApplierStats") -> dict:
-        return {"id": self.id, "kind": self.kind, "to": self.to, "excluded": list(self.excluded),
-                "state": self.state, "error": self.error, "phase": self.phase,
-                "applied_transactions": stats.applied_transactions - self.started_applied_transactions,
-                "applied_rows": stats.applied_rows - self.started_applied_rows,
-                "undone_transactions": stats.undone_transactions - self.started_undone_transactions,
-                "undone_rows": stats.undone_rows - self.started_undone_rows}
 
 
 class Applier:
@@ -138,7 +103,6 @@ class Applier:
         self.low_watermark = 0
         self.high_watermark = 0
         self._started = False  # the feed is open: close() must publish the final status and close it
-        self._generation = 0  # bumped when the feed is repositioned: what was polled before lies beyond
         # Called once per group commit with (seconds, transactions, rows): the metrics'
         # apply-duration histogram, which must include decoding, not only the sink.
         self.apply_observers: list[Callable[[float, int, int], None]] = []
@@ -150,6 +114,7 @@ class Applier:
         self._last_status = float("-inf")
         self._last_watermarks = 0.0
         self._control_start = 0
+        self.pipeline = Pipeline(self.topic)  # drain windows decoded by a worker, not yet written
 
     # -- start ------------------------------------------------------------------
     def start(self) -> None:
@@ -258,17 +223,21 @@ class Applier:
         """
         if self._fenced is not None:
             raise self._fenced
-        generation = self._generation
         try:
             messages = self.feed.poll(2000, self._poll_timeout(poll_timeout_s))
         except OffsetLost as exc:
             self._expired_while_reading(exc)
+        # The funnel's messages first: a command in the same batch must see them held
+        # (the feed's position is already past them, so "read to the end" would hold
+        # otherwise, and a promote would finish before applying them).
+        control = []
         for msg in messages:
-            self._receive(msg)
-            if self._generation != generation:
-                # A backward seek (a control record in this batch) repositioned the
-                # feed: the rest of this batch lies after the new position.
-                break
+            if msg.topic() == self.topic:
+                self._receive(msg)
+            else:
+                control.append(msg)
+        for msg in control:  # a backward seek among them repositions the feed and forgets what was held
+            self._control_record(msg)
         self._flow_control()
         applied = self._apply_due()
         self._refresh_watermarks()
@@ -284,9 +253,6 @@ class Applier:
         return max(0.0, min(default, wait_us / MICROS))
 
     def _receive(self, msg: FeedMessage) -> None:
-        if msg.topic() != self.topic:
-            self._control_record(msg)
-            return
         held = self.assembler.add(msg)
         if held is not None:
             self.held.append(held)
@@ -327,6 +293,8 @@ class Applier:
         the mirror is unchanged then, except for transactions already undone atomically.
         """
         refuse_if_promoted(self.position)
+        while self.pipeline:  # the windows formed for the previous target are written first
+            self._write_window(*self.pipeline.oldest())
         command.begin(self.stats)
         self.command = command
         if command.kind == "resume":
@@ -341,6 +309,8 @@ class Applier:
                 plan = make_plan(reader, self.position, Target(command.to, command.excluded),
                                  progress=self._publish_status)
             command.to = plan.to
+            if self.options.decode_worker and plan.apply_rows >= 2 * self.options.drain_window_rows:
+                self.pipeline.start()  # its imports overlap the first window's reading
             # Hold first, in its own database transaction: a crash from here on restarts
             # holding at the target instead of running ahead with the delay.
             self._persist(replace(self.position, hold_until=plan.to, excluded_txids=command.excluded))
@@ -365,7 +335,6 @@ class Applier:
         self.assembler = Assembler(self.topic, keep_payloads=True)
         control_offset = self._control_offset()
         self.feed.reopen()
-        self._generation += 1
         self._assign(control_offset)
 
     def _control_offset(self) -> int:
@@ -378,7 +347,7 @@ class Applier:
     def reached_target(self) -> bool:
         """Holding, and everything before the hold time is applied."""
         hold = self.position.hold_until
-        if hold is None:
+        if hold is None or self.pipeline:
             return False
         if self.held:
             return self.held[0].commit_ts >= hold
@@ -386,7 +355,7 @@ class Applier:
 
     def caught_up(self) -> bool:
         """Nothing held and nothing more in the funnel (after the due work is applied)."""
-        return not self.held and self._read_to_end()
+        return not self.held and not self.pipeline and self._read_to_end()
 
     def _read_to_end(self) -> bool:
         """Everything the funnel holds has been received; confirmed with the broker when it seems so."""
@@ -421,15 +390,25 @@ class Applier:
         self._publish_status(force=True)
 
     def _flow_control(self) -> None:
-        limit = self.options.buffer_rows
-        if not self.paused and self.held_rows >= limit:
+        # A drain holds two windows: the one being written and the next one filling; through
+        # the worker a third, being decoded (pausing sooner starves the consumer's fetches).
+        windows = 3 if self.pipeline.worker is not None else 2
+        limit = max(self.options.buffer_rows, windows * self.options.drain_window_rows) if self.draining() \
+            else self.options.buffer_rows
+        held_rows = self.held_rows + self.pipeline.rows
+        if not self.paused and held_rows >= limit:
             self.feed.pause()
             self.paused = True
-        elif self.paused and self.held_rows <= limit // 2:
+        elif self.paused and held_rows <= limit // 2:
             self.feed.resume()
             self.paused = False
 
     # -- applying -----------------------------------------------------------------
+    def draining(self) -> bool:
+        """Holding at a target (seek, promote): the states before the target are never served,
+        so whole windows of transactions are written as their net effect."""
+        return self.position.hold_until is not None
+
     def is_due(self, held: TransactionSummary, now: int) -> bool:
         """Snapshot rows at once; while holding, everything before the hold time; else commit + delay."""
         if held.kind in (Kind.SNAPSHOT, Kind.SNAPSHOT_END):
@@ -444,37 +423,73 @@ class Applier:
         rows = 0
         if self.finished:
             return due
+        limit = self.options.drain_window_rows if self.draining() else self.options.max_commit_rows
         for held in self.held:
             if not self.is_due(held, now):
                 break
-            if due and rows + held.rows > self.options.max_commit_rows:
+            if due and rows + held.rows > limit:
                 break
             due.append(held)
             rows += held.rows
         return due
 
+    def _window_filling(self, now: int) -> bool:
+        """A drain writes full windows: it waits while the window is not full, nothing past the
+        target arrived, the buffer has room and the funnel holds more. Steady apply never waits."""
+        if not self.draining() or self.paused or not self.held or self.held_rows >= self.options.drain_window_rows:
+            return False
+        return self.is_due(self.held[-1], now) and not self._read_to_end()
+
     def _apply_due(self) -> int:
-        due = self.due_transactions(self.clock())
+        now = self.clock()
+        if self._window_filling(now):
+            return 0
+        due = self.due_transactions(now)
+        excluded = set(self.position.excluded_txids)
+        if self.pipeline.worker is not None:  # a drain of two windows or more: ``execute`` started it
+            if due:  # decoded by the worker while this process writes the window before it
+                previous = self.pipeline.windows[-1][1] if self.pipeline else self.position
+                self.pipeline.submit(due, self._position_after(due, previous), excluded)
+                for _ in due:
+                    self.held.popleft()
+                self.held_rows -= sum(held.rows for held in due)
+            if len(self.pipeline) > 1 or (self.pipeline and not due):
+                return self._write_window(*self.pipeline.oldest())
+            return 0
         if not due:
             return 0
         started = time.perf_counter()
-        transactions = [self._decode(held) for held in due]
-        position = self._position_after(transactions)
-        excluded = set(self.position.excluded_txids)
+        position = self._position_after(due, self.position)
         # Excluded transactions (the erroneous ones a promote leaves out) are passed
         # over: the position moves past them, their rows are never applied.
-        rows = self.sink.apply([t for t in transactions if t.txid not in excluded], position)
-        self.position = position
-        for held in due:
+        if self.draining():
+            with gc_paused():  # each transaction is decoded and absorbed, then dropped: memory stays small
+                self.sink.apply(net_effect(self._decode(held) for held in due if held.txid not in excluded), position)
+            rows = sum(held.rows for held in due if held.txid not in excluded and held.kind is not Kind.HEARTBEAT)
+        else:
+            rows = self.sink.apply([self._decode(held) for held in due if held.txid not in excluded], position)
+        for _ in due:
             self.held.popleft()
-            self.held_rows -= held.rows
-        self.stats.applied_transactions += sum(1 for t in transactions if t.kind is not Kind.HEARTBEAT)
+        self.held_rows -= sum(held.rows for held in due)
+        return self._applied(due, position, rows, started)
+
+    def _write_window(self, due: list[TransactionSummary], position: MirrorPosition, net: list[Transaction]) -> int:
+        started = time.perf_counter()
+        excluded = set(position.excluded_txids)
+        with gc_paused():
+            self.sink.apply(net, position)
+        rows = sum(held.rows for held in due if held.txid not in excluded and held.kind is not Kind.HEARTBEAT)
+        return self._applied(due, position, rows, started)
+
+    def _applied(self, due: list[TransactionSummary], position: MirrorPosition, rows: int, started: float) -> int:
+        self.position = position
+        self.stats.applied_transactions += sum(1 for held in due if held.kind is not Kind.HEARTBEAT)
         self.stats.applied_rows += rows
         elapsed = time.perf_counter() - started
         self.stats.apply_seconds += elapsed
         self.stats.commits += 1
         for observe in self.apply_observers:
-            observe(elapsed, len(transactions), rows)
+            observe(elapsed, len(due), rows)
         self.feed.commit(position.next_offset)
         return rows
 
@@ -488,9 +503,8 @@ class Applier:
                                  f"(chunk {index}): {exc}", hint=exc.hint) from exc
         return Transaction(held.txid, held.commit_ts, held.kind, held.first_offset, held.last_offset, batches)
 
-    def _position_after(self, transactions: list[Transaction]) -> MirrorPosition:
+    def _position_after(self, transactions: list[TransactionSummary], previous: MirrorPosition) -> MirrorPosition:
         last = transactions[-1]
-        previous = self.position
         snapshot_done = previous.snapshot_done or any(t.kind is Kind.SNAPSHOT_END for t in transactions)
         changes = [t for t in transactions if t.kind in (Kind.CHANGES, Kind.HEARTBEAT, Kind.SNAPSHOT_END)]
         valid_as_of = max([previous.valid_as_of or 0] + [t.commit_ts for t in changes]) or None
@@ -561,4 +575,5 @@ class Applier:
                 log.warning("closing control channel: %s", exc)
             self.feed.close()
             self._started = False
+        self.pipeline.close()  # windows not written yet: their position was never recorded
         self.sink.close()

@@ -8,6 +8,7 @@ record (``Command.as_dict``) to a callback.
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from applier.sinks import has_mirror_state, open_sink
 from applier.transaction import MirrorPosition
 from funnel.clock import now_us
 from funnel.control import ControlChannel, ControlState
-from funnel.errors import TimeFunnelError
+from funnel.errors import ConfigError, TimeFunnelError
 from funnel.kafka import KafkaSettings
 from funnel.reader import FunnelReader
 from funnel.records import CommandRecord, MirrorStatus
@@ -27,6 +28,11 @@ from funnel.topic import FunnelAdmin
 from funnel.urls import without_password
 
 WAIT_TIMEOUT_S = 3600.0
+
+
+class ApplierGone(TimeFunnelError):
+    """The applier that the status called running stopped or stalled before it ran the command."""
+
 Report = Callable[[dict[str, Any]], None]  # called with the command's progress record
 
 
@@ -121,12 +127,20 @@ def new_command(kind: str, to: int | None = None, excluded: tuple[str, ...] = ()
 def run_command(handle: MirrorHandle, command: Command, plan: Plan, report: Report = lambda _: None) -> dict[str, Any]:
     """Carry out ``command`` and return the applier's final status (as JSON).
 
-    ``report`` gets the command's progress record each time it is read. Raises
-    PointInTimeError when the command failed, TimeFunnelError when the running applier
-    stopped or stalled before it finished.
+    ``report`` gets the command's progress record each time it is read. A running
+    applier that stops or stalls before it finished hands the command over to this
+    process when the handle has a sink URL. Raises PointInTimeError when the command
+    failed, ApplierGone (a TimeFunnelError) when the applier is gone and there is no sink URL.
     """
     if handle.running:
-        return _through_control(handle, command, report)
+        try:
+            return _through_control(handle, command, report)
+        except ApplierGone:
+            if not handle.sink_url:
+                raise
+            # The status was a dead applier's last word (killed -9 within the status's
+            # freshness, say): with --sink the command runs here, taking the mirror over
+            # (the claim fences that applier should it come back).
     return _in_process(handle, command, plan, report)
 
 
@@ -153,24 +167,39 @@ def raise_if_gone(mirror: str, command: Command, status: MirrorStatus | None, no
     """Tell a stopped or stalled applier from a busy one: a busy one goes on publishing its status
     (every second, also from inside long undos and drains), a stalled one does not."""
     if status is not None and status.state == "stopped":
-        raise TimeFunnelError(f"the applier of mirror {mirror!r} stopped before the {command.kind} finished",
+        raise ApplierGone(f"the applier of mirror {mirror!r} stopped before the {command.kind} finished",
                               hint="rerun the command with --sink URL")
     if status is not None and status.fresh(now):
         return
     reported = (status.command if status else None) or {}
     doing = f" while {reported['phase']}" if reported.get("id") == command.id and reported.get("phase") else ""
     age = status.age_s(now) if status else float("inf")
-    raise TimeFunnelError(f"the applier of mirror {mirror!r} has not reported for {age:.0f}s{doing}: it is "
+    raise ApplierGone(f"the applier of mirror {mirror!r} has not reported for {age:.0f}s{doing}: it is "
                           f"stalled or gone, not busy (a busy applier reports every second)",
                           hint="check its process; once it is stopped, rerun the command with --sink URL "
                                "(that takes the mirror over and fences the old applier)")
 
 
+def drain_window_rows() -> int:
+    """Rows per drain window: ``$FUNNEL_DRAIN_WINDOW_ROWS`` or ApplierOptions' default.
+
+    A tuning knob (smaller windows: less memory, more commits); the tests use it to make
+    a small funnel take many windows. Raises ConfigError for a value that is not a positive int.
+    """
+    text = os.environ.get("FUNNEL_DRAIN_WINDOW_ROWS")
+    if text is None:
+        return ApplierOptions.drain_window_rows
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"FUNNEL_DRAIN_WINDOW_ROWS={text!r} is not a positive number of rows",
+                          hint="unset it, or give e.g. 50000")
+    return int(text)
+
+
 def _in_process(handle: MirrorHandle, command: Command, plan: Plan, report: Report) -> dict[str, Any]:
     delay = handle.control.delay(handle.mirror)
-    applier = Applier(handle.kafka, open_sink(handle.sink_url),
-                      ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0,
-                                     announce_delay=False))
+    options = ApplierOptions(handle.funnel, handle.mirror, delay.delay_s if delay else 0.0, announce_delay=False,
+                             drain_window_rows=drain_window_rows(), decode_worker=True)
+    applier = Applier(handle.kafka, open_sink(handle.sink_url), options)
     applier.sink_url = without_password(handle.sink_url)
     applier.start()
     try:

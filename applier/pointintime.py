@@ -19,13 +19,14 @@ from typing import Callable, Iterable, Iterator
 from applier.sinks.base import Sink
 from applier.transaction import MirrorPosition, Transaction
 from applier.undo import invert
+from applier.window import gc_paused, net_effect
 from funnel.codec import EventCodec
 from funnel.errors import CodecError, TimeFunnelError
 from funnel.events import Kind
 from funnel.reader import FunnelReader, TransactionSummary
 from funnel.timeparse import format_time
 
-UNDO_BATCH_ROWS = 20_000
+UNDO_BATCH_ROWS = 50_000  # rows undone per database transaction, written as their net effect
 
 
 class PointInTimeError(TimeFunnelError):
@@ -166,8 +167,9 @@ def undo_back(sink: Sink, reader: FunnelReader, position: MirrorPosition, from_o
     for every transaction read and inverted: reading thousands of transactions back takes
     long enough that a running applier must go on publishing its status meanwhile.
 
-    Each batch of undos is one database transaction with the position, so a crash
-    resumes exactly: the next run undoes from where the stored position says.
+    Each batch of undos is one database transaction with the position, written as the
+    batch's net effect (``applier.window``), so a crash resumes exactly: the next run
+    undoes from where the stored position says.
     Raises UndoError for a transaction that cannot be undone (checked for all of them
     before anything is undone), CodecError for a bad event.
     """
@@ -190,7 +192,8 @@ def undo_back(sink: Sink, reader: FunnelReader, position: MirrorPosition, from_o
         if rows >= UNDO_BATCH_ROWS or summary is held[0]:
             position = replace(position, next_offset=summary.first_offset, last_txid=None, last_commit_ts=None,
                                valid_as_of=summary.commit_ts)
-            sink.apply(batch, position)
+            with gc_paused():  # see applier.window: the batch's objects have no cycles
+                sink.apply(net_effect(batch), position)
             undone_tx += len(batch)
             undone_rows += rows
             progress(undone_tx, undone_rows)

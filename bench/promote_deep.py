@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import broker, load_average, new_funnel, publish_all, run_measured  # noqa: I001
-from promote_drain import ROOT, funnel_cmd, make_mirror, raw_sqlite_rows_per_s, traffic
+from common import broker, load_average, new_funnel, publish_all  # noqa: I001
+from promote_drain import ROOT, funnel_cmd, make_mirror, raw_sqlite_rows_per_s, run_measured, traffic
 
 ROWS_PER_S = 5_000  # production's rate the funnel stands for
 ROWS_PER_TX = 3
@@ -56,6 +56,7 @@ def promote(kafka, rows: int, tmp: Path, name: str) -> dict[str, float]:
     mirror_rows = sqlite3.connect(mirror).execute("SELECT count(*) FROM ledger").fetchone()[0]
     mirror.unlink()
     return {"rows": published, "seconds": seconds, "cpu_s": measured["cpu_s"], "peak_rss_mb": measured["peak_rss_mb"],
+            "worker_peak_rss_mb": measured["worker_peak_rss_mb"],
             "publish_seconds": publish_seconds, "mirror_rows": mirror_rows}
 
 
@@ -76,7 +77,7 @@ def main() -> None:
         "bench": "promote_deep", "rows": deep["rows"], "seconds_to_hook": round(deep["seconds"], 2),
         "rows_per_s": round(rate), "promote_cpu_s": round(deep["cpu_s"], 2),
         "cpu_s_per_100k_rows": round(deep["cpu_s"] * 1e5 / deep["rows"], 2),
-        "peak_rss_mb": round(deep["peak_rss_mb"], 1),
+        "peak_rss_mb": round(deep["peak_rss_mb"], 1), "worker_peak_rss_mb": round(deep["worker_peak_rss_mb"], 1),
         "extrapolated_4h_at_5000_rows_per_s": {"rows": FOUR_HOURS_ROWS, "seconds": round(FOUR_HOURS_ROWS / rate),
                                                "minutes": round(FOUR_HOURS_ROWS / rate / 60, 1)},
         "raw_executemany_rows_per_s": round(raw_rows_per_s), "ratio_to_raw_baseline": round(rate / raw_rows_per_s, 3),

@@ -7,7 +7,8 @@ The rate is reported with its ratio to a plain drain of the same funnel by
 `funnel apply --until-caught-up` (bench/apply_sqlite.py's path), and with
 ``ratio_to_raw_baseline``: drain rows/s / the rows/s of raw ``executemany`` upserts (and
 deletes) of the same row changes in 1,000-row commits, WAL, synchronous=NORMAL, no Kafka,
-both measured in this run. The promoting process's CPU seconds and peak RSS are given too.
+both measured in this run. The promoting process's CPU seconds (its decoding worker's
+included) and peak RSS (and its worker's, apart) are given too.
 
     .venv/bin/python bench/promote_drain.py [--hours 1] [--tps 300]
 """
@@ -24,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import broker, load_average, new_funnel, publish_all, run_measured  # noqa: I001
+from common import broker, load_average, new_funnel, publish_all, vm_hwm_kb  # noqa: I001
 
 from applier.sinks.sqlite_sql import create_table_sql, upsert_sql
 from funnel.events import Op, Row, TableChanges
@@ -91,6 +92,36 @@ def raw_sqlite_rows_per_s(hours: float, tps: int, path: Path) -> tuple[float, in
     return rows / seconds, final
 
 
+def run_measured(command: list[str], **popen: object) -> dict[str, float]:
+    """common.run_measured, plus the peak RSS of the promote's children (its decoding worker).
+
+    CPU is wait4's rusage of the promote, its waited-for worker included; ``peak_rss_mb``
+    is the promote's own VmHWM, ``worker_peak_rss_mb`` the largest child's.
+    """
+    started = time.perf_counter()
+    process = subprocess.Popen(command, **popen)
+    peak_kb = worker_kb = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kb = max(peak_kb, vm_hwm_kb(process.pid))
+        worker_kb = max([worker_kb] + [vm_hwm_kb(child) for child in children(process.pid)])
+        time.sleep(0.1)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command[:5])} … failed with exit code {os.waitstatus_to_exitcode(status)}")
+    return {"seconds": time.perf_counter() - started, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": peak_kb / 1024, "worker_peak_rss_mb": worker_kb / 1024}
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
 def funnel_cmd(kafka, *args: str) -> list[str]:
     return [sys.executable, "-m", "funnel.cli", *args, "--bootstrap", kafka.bootstrap]
 
@@ -149,6 +180,7 @@ def main() -> None:
         "raw_executemany_rows_per_s": round(raw_rows_per_s),
         "ratio_to_raw_baseline": round(rows / to_hook / raw_rows_per_s, 3),
         "promote_cpu_s": round(promoted["cpu_s"], 2), "promote_peak_rss_mb": round(promoted["peak_rss_mb"], 1),
+        "worker_peak_rss_mb": round(promoted["worker_peak_rss_mb"], 1),
         "mirror_rows": mirror_rows, "load_average": load_average(),
         "publish_seconds": round(publish_seconds, 2), "target_seconds": 60}))
 

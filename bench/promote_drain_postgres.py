@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from apply_postgres import fresh_database, server  # noqa: I001
-from common import broker, load_average, new_funnel, publish_all, run_measured
-from promote_drain import ROOT, change_chunks, funnel_cmd, traffic
+from common import broker, load_average, new_funnel, publish_all
+from promote_drain import ROOT, change_chunks, funnel_cmd, run_measured, traffic
 
 import psycopg
 
@@ -113,6 +113,7 @@ def main() -> None:
         "seconds_to_hook": round(to_hook, 2), "rows_per_s": round(rows / to_hook),
         "baseline_copy_merge_rows_per_s": round(base), "ratio_to_copy_merge_baseline": round(rows / to_hook / base, 3),
         "promote_cpu_s": round(promoted["cpu_s"], 2), "promote_peak_rss_mb": round(promoted["peak_rss_mb"], 1),
+        "worker_peak_rss_mb": round(promoted["worker_peak_rss_mb"], 1),
         "mirror_rows": mirror_rows, "publish_seconds": round(publish_seconds, 2), "load_average": load_average(),
         "server": description, "target_seconds": 60}))
 

@@ -82,7 +82,10 @@ class FunnelReader:
     def _new_consumer(self) -> Consumer:
         return Consumer(self.kafka.client(**{
             "group.id": f"timefunnel-reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
-            "isolation.level": "read_committed", "auto.offset.reset": "earliest"}))
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+            # librdkafka prefetches up to 64 MiB by default: a scan of a deep funnel (a
+            # promote's plan) would hold that much in memory; a scan reads in order anyway.
+            "queued.max.messages.kbytes": 16384}))
 
     def watermarks(self) -> tuple[int, int]:
         return retry_transient(lambda: self.consumer.get_watermark_offsets(self.partition, timeout=TIMEOUT_S,

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -56,46 +54,6 @@ def restart_broker(broker: LocalBroker) -> str:
     return result.stdout.strip()
 
 
-class MirrorChecker:
-    """Reads the mirror over and over, checking the bank's invariants on every read."""
-
-    def __init__(self, mirror: Path) -> None:
-        self.mirror = mirror
-        self.reads = 0
-        self.violations: list[str] = []
-        self.error: BaseException | None = None  # a reader that died checks nothing: the test must fail
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._guarded, daemon=True)
-
-    def _guarded(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(f"file:{self.mirror}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        while not self.stop.is_set():
-            try:
-                found = bank.violations(conn)
-            except sqlite3.OperationalError as exc:  # a lock held past the timeout is not a violation
-                if "locked" not in str(exc):
-                    raise
-                continue
-            self.reads += 1
-            self.violations += found
-            time.sleep(0.01)
-        conn.close()
-
-    def __enter__(self) -> "MirrorChecker":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-
 def funnel_ledger_numbers(bootstrap: str, funnel: str) -> list[int]:
     """Every ledger number the funnel holds, read back and decoded, doubles included."""
     codec = EventCodec()
@@ -127,7 +85,7 @@ def test_bank_survives_kill9_and_broker_restart(own_broker, tmp_path):
         writer = subprocess.Popen([sys.executable, "-m", "tests.support.bank", str(prod), "--seconds", "120"],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-        with MirrorChecker(mirror) as checker:
+        with bank.MirrorChecker(mirror) as checker:
             for _ in range(3):
                 time.sleep(1.0)
                 capture.kill9()

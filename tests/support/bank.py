@@ -19,7 +19,9 @@ import argparse
 import random
 import signal
 import sqlite3
+import threading
 import time
+from pathlib import Path
 from collections import Counter
 from typing import Iterable
 
@@ -93,6 +95,48 @@ def violations(conn: sqlite3.Connection) -> list[str]:
     if unbalanced:
         found.append(f"{unbalanced} accounts disagree with the ledger (ledger up to {top})")
     return found
+
+
+class MirrorChecker:
+    """Reads the mirror over and over, checking the bank's invariants on every read."""
+
+    def __init__(self, mirror: Path) -> None:
+        self.mirror = mirror
+        self.reads = 0
+        self.tops: set[int] = set()  # the ledger numbers read up to: how many states the reader saw
+        self.violations: list[str] = []
+        self.error: BaseException | None = None  # a reader that died checks nothing: the test must fail
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._guarded, daemon=True)
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(f"file:{self.mirror}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        while not self.stop.is_set():
+            try:
+                found = violations(conn)
+                self.tops.add(conn.execute("SELECT coalesce(max(n), 0) FROM ledger").fetchone()[0])
+            except sqlite3.OperationalError as exc:  # a lock held past the timeout is not a violation
+                if "locked" not in str(exc):
+                    raise
+                continue
+            self.reads += 1
+            self.violations += found
+            time.sleep(0.01)
+        conn.close()
+
+    def __enter__(self) -> "MirrorChecker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
 
 
 def ledger_counts(numbers: Iterable[int]) -> tuple[list[int], list[int]]:
