@@ -21,7 +21,6 @@ from applier.transaction import MirrorPosition
 from funnel.errors import ConfigError
 from funnel.urls import masked_password
 
-INTERNAL_PREFIX = "_timefunnel_"  # timefunnel's own tables, never the application's
 FETCH_ROWS = 5000
 
 
@@ -65,10 +64,6 @@ def open_database(url: str) -> Database:
         return PostgresDatabase(url)
     raise ConfigError(f"unsupported database URL {url!r}",
                       hint="use sqlite:///path/to.db or postgresql://user@host:port/database")
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def database_errors(method: Callable) -> Callable:

@@ -17,12 +17,13 @@ from typing import Any
 from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.sinks.state import position_from_row, position_to_row
 from applier.switchback.compare import ResetPlan, TableChecksum, TableShape, WriteActivity, checksum_rows
-from applier.switchback.databases import INTERNAL_PREFIX, Database, database_errors, fetch_all, quote
+from applier.switchback.databases import Database, database_errors, fetch_all
 from funnel.errors import SwitchbackError
 from applier.transaction import MirrorPosition
 from funnel.databases import postgres as pg
 from funnel.databases import postgres_catalog
-from funnel.databases.names import POSTGRES_CAPTURE_SCHEMA
+from funnel.databases.names import INTERNAL_PREFIX, POSTGRES_CAPTURE_SCHEMA
+from funnel.databases.names import quote_ident as quote
 from funnel.identity import postgres_identity
 
 

@@ -53,3 +53,13 @@ def test_no_cli_module_holds_library_logic_by_size() -> None:
     too_long = {str(p.relative_to(ROOT)): n for p in modules("funnel/cli")
                 if (n := len(p.read_text().splitlines())) > CLI_MAX_LINES}
     assert too_long == {}, f"CLI modules over {CLI_MAX_LINES} lines (move the logic into the library): {too_long}"
+
+
+SOURCE_MAX_LINES = 600  # a module longer than this holds more than one concept: split it along its seams
+
+
+def test_no_source_module_exceeds_the_size_of_one_concept() -> None:
+    sources = [p for package in ("producer", "funnel", "applier", "schemas") for p in modules(package)]
+    assert len(sources) > 50  # the rule must not pass vacuously
+    too_long = {str(p.relative_to(ROOT)): n for p in sources if (n := len(p.read_text().splitlines())) > SOURCE_MAX_LINES}
+    assert too_long == {}, f"source modules over {SOURCE_MAX_LINES} lines: {too_long}"
