@@ -117,7 +117,7 @@ class Applier:
         self.pipeline = Pipeline(self.topic)  # drain windows decoded by a worker, not yet written
 
     # -- start ------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, announce: bool = True) -> None:
         """Read the position and the delay, check nothing expired, and start consuming.
 
         The mirror's state row is claimed (``Sink.claim``) once the delay and the funnel
@@ -129,7 +129,8 @@ class Applier:
 
         Raises EventsExpiredError when the funnel no longer holds the next event to
         apply, FunnelError for an unknown funnel, ConfigError when no delay is known,
-        PointInTimeError for a promoted mirror.
+        PointInTimeError for a promoted mirror.  ``announce=False`` leaves publishing an
+        explicit delay to the caller (``announce_delay``), for a start with more checks.
         """
         refuse_if_promoted(self.sink.read_position(self.options.funnel, self.options.mirror))
         control_records = self.control.read_all()
@@ -146,6 +147,19 @@ class Applier:
         self._assign(control_high)
         log.info("mirror %s follows %s from offset %d with delay %.3fs", self.options.mirror, self.topic,
                  self.position.next_offset, self.delay_us / MICROS)
+        if announce:
+            self.announce_delay()
+
+    def announce_delay(self) -> None:
+        """Publish an explicit ``--delay`` so that `funnel status` and retention checks know it.
+
+        Only once the start can no longer be refused: a refused start changes nothing,
+        not even the delay other commands see.  An explicit --delay wins at start (it is
+        the deployment's configuration).
+        """
+        if self.options.delay_s is not None and self.options.announce_delay:
+            self.control.write(delay_key(self.options.mirror),
+                               DelayRecord(self.options.delay_s, self.clock()).to_json())
 
     def _start_offset(self) -> int:
         with self.feed.reader() as reader:
@@ -158,12 +172,6 @@ class Applier:
     def _set_initial_delay(self, records: dict) -> None:
         if self.options.delay_s is not None:
             self.delay_us = int(self.options.delay_s * MICROS)
-            if not self.options.announce_delay:
-                return
-            # An explicit --delay wins at start (it is the deployment's configuration);
-            # publish it so `funnel status` and retention checks know it.
-            self.control.write(delay_key(self.options.mirror),
-                               DelayRecord(self.options.delay_s, self.clock()).to_json())
             return
         known = records.get(delay_key(self.options.mirror))
         if known is None:

@@ -40,9 +40,10 @@ def start_applier(kafka: KafkaSettings, sink_url: str, options: ApplierOptions,
     applier = Applier(kafka, sink, options)
     applier.sink_url = without_password(sink_url)
     try:
-        applier.start()
+        applier.start(announce=False)
         if after_start is not None:
             after_start(applier)
+        applier.announce_delay()  # last: a refused start leaves the delay other commands see alone
     except BaseException:
         # A refused start (no delay known, events expired, a metrics address that cannot
         # be served) must not leave behind the mirror file that opening the sink just created.

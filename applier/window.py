@@ -108,31 +108,60 @@ class _Segments:
 
 
 def net_effect(transactions: Iterable[Transaction]) -> list[Transaction]:
-    """One transaction whose changes take the mirror to the same state as ``transactions`` in order.
+    """Transactions that take the mirror to the same state as ``transactions`` in order.
 
-    Returns [] when they change no row.  The result is named by the txids of the first and
-    last transaction ("a..b", what sink errors name); apply it in one database transaction
-    with the position after the last of ``transactions``, never as a visible step.
+    The row changes between schema changes become one transaction each, named by the
+    txids of the first and last transaction that changed rows ("a..b", what sink errors
+    name); a transaction with a schema change passes through whole and unchanged, so an
+    error applying it names its own txid.  Returns [] when nothing changes.  Apply the
+    result in one database transaction with the position after the last of
+    ``transactions``, never as a visible step.
     """
-    segments = _Segments()
-    first = last = None
-    kinds = set()
+    out: list[Transaction] = []
+    fold = _Fold()
     for transaction in transactions:
-        first = first or transaction
-        last = transaction
-        kinds.add(transaction.kind)
+        if any(group.op is Op.DDL for batch in transaction.batches for group in batch.changes):
+            out.extend(fold.take())
+            out.append(transaction)
+        else:
+            fold.add(transaction)
+    out.extend(fold.take())
+    return out
+
+
+class _Fold:
+    """Whole transactions folded into their net effect, until ``take``."""
+
+    def __init__(self) -> None:
+        self.segments = _Segments()
+        self.first: Transaction | None = None
+        self.last: Transaction | None = None
+        self.kinds: set[Kind] = set()
+
+    def add(self, transaction: Transaction) -> None:
+        changed = False
         for batch in transaction.batches:
             for group in batch.changes:
-                segments.add(group)
-    segments.flush()
-    if last is None or not segments.out:
-        return []
-    kind = Kind.SNAPSHOT if kinds <= {Kind.SNAPSHOT, Kind.SNAPSHOT_END} else Kind.CHANGES
-    rows = sum(len(group.rows) for group in segments.out)
-    txid = last.txid if first is last else f"{first.txid}..{last.txid}"  # what sink errors name
-    batch = ChangeBatch(source="window", txid=txid, commit_ts=last.commit_ts, position=0, seq=0,
-                        tx_rows=rows, kind=kind, changes=segments.out)
-    return [Transaction(txid, last.commit_ts, kind, first.first_offset, last.last_offset, [batch])]
+                self.segments.add(group)
+                changed = True
+        if changed:  # heartbeats change nothing and name nothing
+            self.first = self.first or transaction
+            self.last = transaction
+            self.kinds.add(transaction.kind)
+
+    def take(self) -> list[Transaction]:
+        """The folded transactions as one (or none), and a fresh start."""
+        segments, first, last, kinds = self.segments, self.first, self.last, self.kinds
+        self.__init__()
+        segments.flush()
+        if last is None or not segments.out:
+            return []
+        kind = Kind.SNAPSHOT if kinds <= {Kind.SNAPSHOT, Kind.SNAPSHOT_END} else Kind.CHANGES
+        rows = sum(len(group.rows) for group in segments.out)
+        txid = last.txid if first is last else f"{first.txid}..{last.txid}"  # what sink errors name
+        batch = ChangeBatch(source="window", txid=txid, commit_ts=last.commit_ts, position=0, seq=0,
+                            tx_rows=rows, kind=kind, changes=segments.out)
+        return [Transaction(txid, last.commit_ts, kind, first.first_offset, last.last_offset, [batch])]
 
 
 @contextlib.contextmanager

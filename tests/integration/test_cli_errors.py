@@ -139,6 +139,9 @@ def test_refused_apply_and_overflowing_delays_leave_nothing_behind(bootstrap, fu
     assert "cannot serve metrics on 192.0.2.1" in expect_one_error(no_metrics[0])
     assert "too long" in expect_one_error(huge_apply[0]) and "too long" in expect_one_error(huge_delay[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # nor the delay: the refused starts' --delay 1m is not what other commands now see
+    state = ControlChannel(KafkaSettings(bootstrap), funnel_name).state()
+    assert state.delay("m2") is None and state.delay("m3") is None
 
 
 def test_the_postgresql_connection_error_is_one_line(bootstrap, funnel_name):

@@ -130,6 +130,15 @@ def test_nothing_to_write_gives_no_transaction() -> None:
     assert net_effect([tx("h")]) == []
 
 
+def test_a_schema_change_passes_through_whole_and_names_its_own_txid() -> None:
+    # A sink error applying the schema change must name that transaction, not the window.
+    ddl = tx("t3", TableChanges("items", Op.DDL, [], [], []), insert([9, "nine"]))
+    out = net_effect([tx("h1"), tx("t1", insert([1, "a"])), tx("t2", update(([1, "a"], [1, "b"]))), ddl,
+                      tx("t4", insert([2, "c"])), tx("h2")])
+    assert [t.txid for t in out] == ["t1..t2", "t3", "t4"]
+    assert out[1] is ddl
+
+
 class Recording(SqliteSink):
     """The real SQLite sink, recording each call's transaction count and position."""
 
