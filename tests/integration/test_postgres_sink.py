@@ -26,6 +26,7 @@ from applier.sinks.postgres_sql import STATE_TABLE
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value
+from tests.support.sinks import dele, ins, upd
 
 COMMIT = 1_700_000_000_000_000
 ALL_COPY = 1  # copy_min_rows: every batch through COPY
@@ -95,18 +96,6 @@ COLUMNS = ["id", "name", "total"]
 def changes(op: Op, table: str, *rows_: Row, columns: list[str] | None = None,
             key: list[str] | None = None) -> TableChanges:
     return TableChanges(table, op, columns or COLUMNS, key or ["id"], list(rows_))
-
-
-def ins(*values: Value) -> Row:
-    return Row(None, list(values))
-
-
-def upd(before: list[Value], after: list[Value]) -> Row:
-    return Row(before, after)
-
-
-def dele(*values: Value) -> Row:
-    return Row(list(values), None)
 
 
 def tx(txid: str, *groups: TableChanges, offset: int = 0, kind: Kind = Kind.CHANGES) -> Transaction:

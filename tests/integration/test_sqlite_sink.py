@@ -16,6 +16,7 @@ from applier.sinks.sqlite_sql import STATE_TABLE
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import ConfigError, SinkError
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges, Value
+from tests.support.sinks import dele, ins, upd
 
 COLUMNS = ["id", "name", "total"]
 KEY = ["id"]
@@ -25,18 +26,6 @@ COMMIT = 1_700_000_000_000_000
 def changes(op: Op, *rows: Row, table: str = "main.orders", columns: list[str] | None = None,
             key: list[str] | None = None) -> TableChanges:
     return TableChanges(table, op, columns or COLUMNS, key or KEY, list(rows))
-
-
-def ins(*values: Value) -> Row:
-    return Row(None, list(values))
-
-
-def upd(before: list[Value], after: list[Value]) -> Row:
-    return Row(before, after)
-
-
-def dele(*values: Value) -> Row:
-    return Row(list(values), None)
 
 
 def tx(txid: str, *groups: TableChanges, offset: int = 0, kind: Kind = Kind.CHANGES) -> Transaction:
