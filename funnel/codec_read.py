@@ -166,7 +166,12 @@ def _read_rows(buf: bytes, pos: int) -> tuple[list[Row], int]:
     rows: list[Row] = []
     append = rows.append
     while True:
-        count, pos = _read_count(buf, pos)
+        count = buf[pos]
+        if count & 0x81:  # several bytes, or negative: not the common small block
+            count, pos = _read_count(buf, pos)
+        else:
+            count >>= 1
+            pos += 1
         if not count:
             return rows, pos
         for _ in range(count):
@@ -208,11 +213,14 @@ def _read_image(buf: bytes, pos: int) -> tuple[list[Value], int]:
             pos += 1
             if branch == STRING:
                 n = buf[pos]
-                if n & 0x81:
-                    n, pos = _read_length(buf, pos)
-                else:
+                if not n & 0x81:
                     n >>= 1
                     pos += 1
+                elif n & 1 or buf[pos + 1] & 0x80:  # negative, or 3 bytes and more
+                    n, pos = _read_length(buf, pos)
+                else:  # two bytes: text of 64 to 8191 bytes
+                    n = ((buf[pos + 1] << 7) | (n & 0x7F)) >> 1
+                    pos += 2
                 end = pos + n
                 append(buf[pos:end].decode())
                 pos = end
