@@ -15,7 +15,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 import schemas
 from funnel import codec as codec_module
-from funnel import codec_layout, codec_read
+from funnel import codec_layout, codec_read, codec_write
 from funnel.codec import HEADER_SIZE, MAGIC, EventCodec, record_of
 from funnel.ddl import ADD_COLUMN, RENAME_COLUMN, Action, ColumnDef, Ddl, TableDef
 from funnel.errors import CodecError
@@ -276,14 +276,19 @@ def _corpus() -> list[ChangeBatch]:
     ]
 
 
-@pytest.mark.parametrize("batch", _corpus())
-def test_body_is_byte_identical_to_fastavro(batch: ChangeBatch) -> None:
+def fastavro_body(batch: ChangeBatch) -> bytes:
     fo = io.BytesIO()
     fastavro.schemaless_writer(fo, parse_schema(current_schema()), record_of(batch))
+    return fo.getvalue()
+
+
+@pytest.mark.parametrize("batch", _corpus())
+def test_body_is_byte_identical_to_fastavro(batch: ChangeBatch) -> None:
+    body = fastavro_body(batch)
     message = CODEC.encode(batch)
-    assert message[HEADER_SIZE:] == fo.getvalue()
+    assert message[HEADER_SIZE:] == body
     # And the specialised reader reads what fastavro wrote.
-    assert CODEC.decode(message[:HEADER_SIZE] + fo.getvalue()) == batch
+    assert CODEC.decode(message[:HEADER_SIZE] + body) == batch
 
 
 def test_header_is_magic_and_crc64_fingerprint_of_the_canonical_form() -> None:
@@ -390,20 +395,34 @@ def test_one_table_with_changing_layouts_decodes_each_exactly() -> None:
     ]
     groups = [TableChanges("public.orders", op, columns, key, [Row(None, [1, "a", 2][: len(columns)])])
               for op, columns, key in layouts]
-    batch = make_batch(*groups, *reversed(groups))
-    assert round_trip(batch) == batch
-    assert round_trip(make_batch(*reversed(groups))) == make_batch(*reversed(groups))
+    for batch in (make_batch(*groups, *reversed(groups)), make_batch(*reversed(groups))):
+        assert CODEC.encode(batch)[HEADER_SIZE:] == fastavro_body(batch)  # the writer's heads too
+        assert round_trip(batch) == batch
 
 
-def test_more_layouts_than_remembered_still_decode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec_read, "_MAX_TABLES", 3)
-    monkeypatch.setattr(codec_read, "_MAX_PER_TABLE", 2)
-    monkeypatch.setattr(codec_read, "_LAYOUTS", {})
+def test_lists_changed_after_encoding_encode_as_they_are_now() -> None:
+    columns, key = ["id", "name"], ["id"]
+    batch = make_batch(TableChanges("public.orders", Op.INSERT, columns, key, [Row(None, [1, "a"])]))
+    CODEC.encode(batch)
+    columns.append("x")
+    key[0] = "name"
+    batch.changes[0].rows[0].after.append(2)
+    assert CODEC.encode(batch)[HEADER_SIZE:] == fastavro_body(batch)
+    assert round_trip(batch).changes[0].columns == ["id", "name", "x"]
+
+
+def test_more_layouts_than_remembered_still_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module, cache in ((codec_read, "_LAYOUTS"), (codec_write, "_HEADS")):
+        monkeypatch.setattr(module, "_MAX_TABLES", 3)
+        monkeypatch.setattr(module, "_MAX_PER_TABLE", 2)
+        monkeypatch.setattr(module, cache, {})
     groups = [TableChanges(f"t{t}", Op.INSERT, [f"c{c}"], [], [Row(None, [c])]) for t in range(5) for c in range(4)]
     for _ in range(2):
         batch = make_batch(*groups)
+        assert CODEC.encode(batch)[HEADER_SIZE:] == fastavro_body(batch)
         assert round_trip(batch) == batch
-    assert len(codec_read._LAYOUTS) <= 3 and all(len(known) <= 2 for known in codec_read._LAYOUTS.values())
+    for cache in (codec_read._LAYOUTS, codec_write._HEADS):
+        assert len(cache) <= 3 and all(len(known) <= 2 for known in cache.values())
 
 
 def test_truncated_layout_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
