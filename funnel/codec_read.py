@@ -211,20 +211,7 @@ def _read_image(buf: bytes, pos: int) -> tuple[list[Value], int]:
         for _ in range(count):
             branch = buf[pos]
             pos += 1
-            if branch == STRING:
-                n = buf[pos]
-                if not n & 0x81:
-                    n >>= 1
-                    pos += 1
-                elif n & 1 or buf[pos + 1] & 0x80:  # negative, or 3 bytes and more
-                    n, pos = _read_length(buf, pos)
-                else:  # two bytes: text of 64 to 8191 bytes
-                    n = ((buf[pos + 1] << 7) | (n & 0x7F)) >> 1
-                    pos += 2
-                end = pos + n
-                append(buf[pos:end].decode())
-                pos = end
-            elif branch == LONG:
+            if branch == LONG:
                 b = buf[pos]
                 pos += 1
                 if b < 0x80:
@@ -240,6 +227,19 @@ def _read_image(buf: bytes, pos: int) -> tuple[list[Value], int]:
                 if n >> 64:
                     raise Malformed(f"varint ending at byte {pos} is longer than 64 bits")
                 append((n >> 1) ^ -(n & 1))
+            elif branch == STRING:
+                n = buf[pos]
+                if not n & 0x81:
+                    n >>= 1
+                    pos += 1
+                elif n & 1 or buf[pos + 1] & 0x80:  # negative, or 3 bytes and more
+                    n, pos = _read_length(buf, pos)
+                else:  # two bytes: text of 64 to 8191 bytes
+                    n = ((buf[pos + 1] << 7) | (n & 0x7F)) >> 1
+                    pos += 2
+                end = pos + n
+                append(buf[pos:end].decode())
+                pos = end
             elif branch == NULL:
                 append(None)
             elif branch == DOUBLE:
