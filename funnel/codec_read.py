@@ -217,6 +217,18 @@ def _read_image(buf: bytes, pos: int) -> tuple[list[Value], int]:
                 if b < 0x80:
                     append((b >> 1) ^ -(b & 1))
                     continue
+                n = buf[pos]
+                if n < 0x80:  # two bytes
+                    pos += 1
+                    n = (n << 7) | (b & 0x7F)
+                    append((n >> 1) ^ -(n & 1))
+                    continue
+                c = buf[pos + 1]
+                if c < 0x80:  # three bytes: keys and amounts below a million
+                    pos += 2
+                    n = (c << 14) | ((n & 0x7F) << 7) | (b & 0x7F)
+                    append((n >> 1) ^ -(n & 1))
+                    continue
                 n = b & 0x7F
                 shift = 7
                 while b & 0x80:

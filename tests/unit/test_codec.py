@@ -140,6 +140,8 @@ EXACT_VALUES = [
     64,
     -64,
     -65,
+    8191, 8192, -8192, -8193,  # the decoder reads longs of 1, 2 and 3 bytes on their own paths
+    2**20 - 1, 2**20, -(2**20), -(2**20) - 1,
     2**31,
     2**63 - 1,
     -(2**63 - 1),
@@ -153,6 +155,7 @@ EXACT_VALUES = [
     float("-inf"),
     "",
     "plain text",
+    "y" * 64, "z" * 8192,  # text lengths of 1, 2 and 3 bytes
     "😀 emoji",
     "𝄞 astral",
     "nul\x00inside",
