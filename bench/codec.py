@@ -10,8 +10,8 @@ Two shapes, each measured against fastavro in the same run:
 
 The baseline is fastavro's raw ``schemaless_writer`` / ``schemaless_reader`` on the
 equivalent dicts with the same parsed schema, in the same run; ``ratio`` is codec / raw.
-Rates are rows/s from the best of several repeats (the least disturbed by other
-processes).  The top-level fields are the bulk shape's (as before the oltp shape existed).
+Rates are rows/s from the best of several interleaved rounds (the least disturbed
+by other processes).  The top-level fields are the bulk shape's (as before the oltp shape existed).
 
 Run: ``python bench/codec.py [--rows 1000] [--messages 250] [--repeat 7]``
 """
@@ -108,10 +108,16 @@ def make_oltp_batches(messages: int) -> list[ChangeBatch]:
     return batches
 
 
-def rate(fn: Callable[[], object], rows: int, repeat: int) -> float:
+def rates(fns: dict[str, Callable[[], object]], rows: int, repeat: int) -> dict[str, int]:
+    """Rows/s of each function, best of ``repeat`` rounds.  The rounds interleave the
+    functions, so a burst of load on a shared machine falls on all of them alike and
+    the ratios stay comparable."""
     number = 10
-    best = min(timeit.repeat(fn, number=number, repeat=repeat)) / number
-    return round(rows / best)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timeit.timeit(fn, number=number) / number)
+    return {name: round(rows / seconds) for name, seconds in best.items()}
 
 
 def measure(codec: EventCodec, batches: list[ChangeBatch], repeat: int) -> dict[str, Any]:
@@ -143,10 +149,12 @@ def measure(codec: EventCodec, batches: list[ChangeBatch], repeat: int) -> dict[
         "rows": rows,
         "messages": len(batches),
         "message_bytes": sum(len(message) for message in messages),
-        "encode_rows_per_s": rate(lambda: [encode(batch) for batch in batches], rows, repeat),
-        "decode_rows_per_s": rate(lambda: [decode(message) for message in messages], rows, repeat),
-        "raw_fastavro_encode_rows_per_s": rate(raw_write, rows, repeat),
-        "raw_fastavro_decode_rows_per_s": rate(raw_read, rows, repeat),
+        **rates({
+            "encode_rows_per_s": lambda: [encode(batch) for batch in batches],
+            "decode_rows_per_s": lambda: [decode(message) for message in messages],
+            "raw_fastavro_encode_rows_per_s": raw_write,
+            "raw_fastavro_decode_rows_per_s": raw_read,
+        }, rows, repeat),
     }
     result["encode_ratio"] = round(
         result["encode_rows_per_s"] / result["raw_fastavro_encode_rows_per_s"], 2
