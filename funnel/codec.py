@@ -12,7 +12,9 @@ Two paths, because decoding is the apply bottleneck (docs/ARCHITECTURE.md, Perfo
   union branch by trying validators in turn and reads every value through a type
   dispatch, which for this layout measured about 55k rows/s encoding and 150k rows/s
   decoding; the specialised coder measured about 10x and 2x that and builds the
-  dataclasses directly (``bench/codec.py``).  The unit tests check it byte for byte
+  dataclasses directly (``bench/codec.py``).  Both remember the group layouts they met
+  (small transactions repeat the same few), so a decoded group's ``columns`` and ``key``
+  lists are shared with every other group of that layout: read them, never change them.  The unit tests check it byte for byte
   against fastavro.  It is pinned to one layout by fingerprint (``funnel.codec_layout``):
   a new schema version must come with a new coder, and the codec refuses to start until
   it does.

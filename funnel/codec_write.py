@@ -69,14 +69,23 @@ def write_batch(out: bytearray, batch: ChangeBatch) -> None:
     out.append(0)
 
 
+# Encoded group heads (table, op, columns, key) by table: OLTP transactions are many
+# small groups of the same few layouts, and encoding every column name again for each
+# one was a large part of their cost.  Entries hold copies of the lists, so a caller
+# that changes its lists later cannot change what a head means.
+_HEADS: dict[str, list[tuple[Op, list[str], list[str], bytes]]] = {}
+_MAX_TABLES = 4096  # beyond this many tables the cache starts again (bounded memory)
+_MAX_PER_TABLE = 8  # heads kept per table (a table whose columns keep changing)
+
+
 def _write_group(out: bytearray, group: TableChanges) -> None:
-    _write_str(out, group.table)
-    op = OP_INDEX.get(group.op)
-    if op is None:
-        raise CodecError(f"table {group.table!r} has op {group.op!r}, not a funnel.events.Op")
-    out.append(op << 1)
-    _write_strings(out, group.columns)
-    _write_strings(out, group.key)
+    table, op, columns, key = group.table, group.op, group.columns, group.key
+    for known_op, known_columns, known_key, head in _HEADS.get(table, ()):
+        if known_op is op and known_columns == columns and known_key == key:
+            out += head
+            break
+    else:
+        out += _new_head(table, op, columns, key)
     rows = group.rows
     if rows:
         width = len(group.columns)
@@ -102,6 +111,28 @@ def _write_group(out: bytearray, group: TableChanges) -> None:
     else:
         out.append(2)
         _write_str(out, group.ddl.to_json())
+
+
+def _new_head(table: str, op: Op, columns: list[str], key: list[str]) -> bytearray:
+    """The encoded head of a group, remembered. Raises CodecError for an unknown op."""
+    out = bytearray()
+    _write_str(out, table)
+    index = OP_INDEX.get(op)
+    if index is None:
+        raise CodecError(f"table {table!r} has op {op!r}, not a funnel.events.Op")
+    out.append(index << 1)
+    _write_strings(out, columns)
+    _write_strings(out, key)
+    if type(table) is str and type(columns) is list and type(key) is list:
+        known = _HEADS.get(table)
+        if known is None:
+            if len(_HEADS) >= _MAX_TABLES:
+                _HEADS.clear()
+            known = _HEADS[table] = []
+        elif len(known) >= _MAX_PER_TABLE:
+            del known[0]
+        known.append((op, list(columns), list(key), bytes(out)))
+    return out
 
 
 def _write_image(out: bytearray, values: list[Value], width: int) -> None:
