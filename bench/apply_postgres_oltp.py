@@ -9,7 +9,11 @@ captured with ``--replica-identity-full`` and mirrored as a multiset):
 3. ``pgbench -n -c 4 -t TX/4`` commits the backlog (4 row changes per transaction),
    then one marker update whose commit tells when capture has published everything;
 4. timed: `funnel capture` drains the backlog (until the slot's confirmed position
-   passes the marker), then `funnel apply --delay 0s --until-caught-up` into each mirror.
+   passes the marker), then `funnel apply --delay 0s --until-caught-up` into each mirror;
+5. timed: `funnel seek --sink` moves the PostgreSQL mirror back to before the backlog
+   (the backward seek undoes every backlog transaction); the mirror must then equal
+   production as it was before the backlog. ``undo`` reports transactions/s and
+   ``ratio_to_forward`` = forward apply seconds / seek seconds.
 
 Each process gets rows/s and CPU seconds per 100k rows (user + system of the process,
 from /proc or wait4; times and CPU run from the process's start, start-up included; the
@@ -50,6 +54,7 @@ import psycopg
 
 from applier.sinks.sqlite_sql import upsert_sql
 from sink_sqlite import WAL_NORMAL
+from funnel.timeparse import format_time
 from tests.support.pgserver import find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +137,17 @@ def drain_apply(kafka, funnel: str, mirror: str, sink_url: str) -> dict[str, flo
     return run_measured(funnel_cmd(kafka, "apply", sink_url, "--funnel", funnel, "--mirror", mirror, "--delay", "0s",
                                    "--create-tables", "--until-caught-up"), cwd=ROOT, env=ENV,
                         stderr=subprocess.DEVNULL)
+
+
+def seek_back(kafka, funnel: str, mirror: str, sink_url: str, to_micros: int) -> dict[str, float]:
+    """Time a backward `funnel seek --sink` of ``mirror`` to ``to_micros``; seconds and undone transactions."""
+    started = time.perf_counter()
+    done = subprocess.run(funnel_cmd(kafka, "seek", mirror, "--to", format_time(to_micros), "--funnel", funnel,
+                                     "--sink", sink_url, "--json"), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"seek failed: {done.stderr}")
+    return {"seconds": seconds, "transactions": json.loads(done.stdout)["plan"]["undo"]["transactions"]}
 
 
 def final_rows_binary(prod: str) -> tuple[dict[str, bytes], dict[str, int]]:
@@ -260,6 +276,7 @@ def run(kafka, admin: str, scratch: Path, scale: int, transactions: int) -> dict
     drain_apply(kafka, funnel, "lite", f"sqlite://{lite}")
     sqlite_copy(lite, lite_before)  # the baselines start where the mirrors stand before the backlog
     create_from_template(admin, "tf_oltp_baseline", prod_db)
+    before_backlog, before_micros = postgres_state(prod), int(time.time() * 1e6)
     started = time.perf_counter()
     pg_tool("pgbench", prod, "-n", "-c", str(CLIENTS), "-j", "2", "-t", str(transactions // CLIENTS))
     backlog_s = time.perf_counter() - started
@@ -276,6 +293,9 @@ def run(kafka, admin: str, scratch: Path, scale: int, transactions: int) -> dict
                         ("PostgreSQL baseline", postgres_state(base)), ("SQLite baseline", sqlite_state(lite_before))):
         if state != expected:
             raise SystemExit(f"{name} differs from production: {state} != {expected}")
+    undo = seek_back(kafka, funnel, "pg", mirror, before_micros)
+    if postgres_state(mirror) != before_backlog:
+        raise SystemExit("PostgreSQL mirror after the backward seek differs from production before the backlog")
     pg_rate, lite_rate = rows / pg_apply["seconds"], rows / lite_apply["seconds"]
     return {
         "bench": "apply_postgres_oltp", "scale": scale, "accounts": scale * 100_000, "transactions": transactions,
@@ -293,6 +313,10 @@ def run(kafka, admin: str, scratch: Path, scale: int, transactions: int) -> dict
                          "baseline_executemany_s": round(lite_base["seconds"], 3),
                          "baseline_executemany_rows_per_s": round(rows / lite_base["seconds"]),
                          "ratio": round(lite_rate / (rows / lite_base["seconds"]), 4)},
+        "undo_postgres": {"transactions": undo["transactions"], "seconds": round(undo["seconds"], 2),
+                          "transactions_per_s": round(undo["transactions"] / undo["seconds"]),
+                          "ratio_to_forward": round(pg_apply["seconds"] / undo["seconds"], 4),
+                          "target_transactions_per_s": 10_000},
         "mirrors_equal_production": True, "load_average": load_average(), "cpus": os.cpu_count(),
     }
 

@@ -108,6 +108,7 @@ def main() -> None:
             deep_seconds, deep_rss = drain(kafka, deep, Path(tmp, "deep.db"))
             result["memory"] = {"rows": args.memory_rows, "seconds": round(deep_seconds, 2),
                                 "rows_per_s": round(args.memory_rows / deep_seconds), "peak_rss_mb": round(deep_rss, 1)}
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()[:2]]
     print(json.dumps(result))
 
 

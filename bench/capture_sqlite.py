@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sqlite3
 import tempfile
@@ -92,7 +93,8 @@ def main() -> None:
         "bench": "capture_sqlite", "rows": published, "seconds": round(seconds, 2),
         "rows_per_s": round(published / seconds), "application_write_rows_per_s": round(app_rate),
         "ratio_to_application_writes": round(published / seconds / app_rate, 3),
-        "raw_changelog_read_rows_per_s": round(raw_read), "target_rows_per_s": 50_000}))
+        "raw_changelog_read_rows_per_s": round(raw_read), "target_rows_per_s": 50_000,
+        "load_average": [round(x, 2) for x in os.getloadavg()[:2]]}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sqlite3
@@ -167,7 +168,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dir", default=None, help="directory for the database files")
     args = parser.parse_args()
-    print(json.dumps(run(args.rows, args.dir)))
+    result = run(args.rows, args.dir)
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()[:2]]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
