@@ -31,13 +31,13 @@ import gc
 from operator import itemgetter
 from typing import Callable, Iterable, Iterator
 
-from applier.sinks.collapse import ROW_OPS, Gone, fold_keyed
+from applier.sinks.collapse import ROW_OPS, fold_keyed
 from applier.transaction import Transaction
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 
 
 class _Table:
-    """One table's net state within a segment: key -> last after image, or ``Gone`` (the before image)."""
+    """One table's net state within a segment: key -> last after image, or the delete Row."""
 
     __slots__ = ("name", "columns", "key", "key_of", "net")
 
@@ -57,8 +57,8 @@ class _Table:
 
     def groups(self) -> list[TableChanges]:
         net = self.net.values()
-        deleted = [Row(entry[0], None) for entry in net if type(entry) is Gone]
-        upserted = [Row(None, entry) for entry in net if type(entry) is not Gone]
+        deleted = [entry for entry in net if type(entry) is Row]
+        upserted = [Row(None, entry) for entry in net if type(entry) is not Row]
         out = []
         if deleted:
             out.append(TableChanges(self.name, Op.DELETE, self.columns, self.key, deleted))

@@ -15,7 +15,7 @@ it has pending rows (a PostgreSQL row that leaves out an unchanged TOASTed value
 a partial image must not replace a whole one.
 
 ``fold_keyed`` is the one definition of the per-key rule; drain windows
-(``applier.window``) fold with it too, keeping the before image of a deleted key.
+(``applier.window``) fold with it too, keeping a deleted key's delete row.
 ``ROW_OPS`` and ``BARRIERS`` say which groups fold and which are barriers, for both.
 
 Memory is proportional to the distinct keys of a stretch (plus keyless changes), not to
@@ -121,51 +121,65 @@ def keyed_steps(op: Op, rows: Sequence[Row], key_of: KeyOf) -> Iterator[tuple[st
         raise ValueError(f"unknown operation {op!r}")
 
 
-class Gone(tuple):
-    """A deleted key's entry in a net when the fold keeps before images: ``Gone((before,))``.
+def gone(before: Image) -> Row:
+    """A deleted key's entry in a net that keeps before images: the delete row itself."""
+    return _new_row(Row, (before, None))
 
-    A tuple subclass so that ``fold_keyed`` builds many without a Python call each.
-    """
 
-    __slots__ = ()
-
-    @property
-    def before(self) -> Image:
-        return self[0]
+_new_row = tuple.__new__  # a Row without the Python-level namedtuple constructor
+_SMALL = 16  # rows up to which a group is folded row by row: building lists costs more
 
 
 def fold_keyed(net: dict[Hashable, Any], op: Op, rows: Sequence[Row], key_of: KeyOf,
                keep_before: bool = False) -> None:
     """Fold a keyed group into ``net``: key -> the key's last after image, or for a deleted
-    key None (``keep_before``: its before image as ``Gone``).  THE per-key rule of a net
-    effect, for the sink's stretches and the drains' windows alike.
+    key None (``keep_before``: the delete ``Row(before, None)``, see ``gone``; an image is
+    never a Row).  THE per-key rule of a net effect, for the sink's stretches and the
+    drains' windows alike; as ``keyed_steps`` applied in order.
 
     Raises TypeError or IndexError for a malformed image (``net`` is then unusable),
     ValueError for an operation that is not a row change.
     """
-    if len(rows) == 1:  # the one-row group of an OLTP transaction, without building lists
-        before, after = rows[0]
-        if op == Op.UPDATE:
+    if op in UPSERT_OPS:
+        if len(rows) <= _SMALL:
+            for _, after in rows:
+                net[key_of(after)] = after
+        else:
+            _fold_upserts(net, list(map(_AFTER, rows)), key_of)
+    elif op == Op.DELETE:
+        if len(rows) <= _SMALL and keep_before:
+            for row in rows:
+                net[key_of(row[0])] = row if type(row) is Row and row[1] is None else gone(row[0])
+        elif len(rows) <= _SMALL:
+            for before, _ in rows:
+                net[key_of(before)] = None
+        else:
+            _fold_deletes(net, list(map(_BEFORE, rows)), key_of, keep_before)
+    elif op == Op.UPDATE and len(rows) <= _SMALL:
+        for before, after in rows:
             new = key_of(after)
             if before is not None:
                 old = key_of(before)
-                if old != new:
-                    net[old] = Gone((before,)) if keep_before else None
+                if old != new:  # the key changed: the old key is gone
+                    net[old] = _new_row(Row, (before, None)) if keep_before else None
             net[new] = after
-            return
-        if op == Op.DELETE:
-            net[key_of(before)] = Gone((before,)) if keep_before else None
-            return
-        if op in UPSERT_OPS:
-            net[key_of(after)] = after
-            return
-    for kind, images in keyed_steps(op, rows, key_of):
-        if kind == UPSERT:
-            net.update(zip(map(key_of, images), images))
-        elif keep_before:
-            net.update(zip(map(key_of, images), map(Gone, zip(images))))
-        else:
-            net.update(dict.fromkeys(map(key_of, images)))
+    else:
+        for kind, images in keyed_steps(op, rows, key_of):
+            if kind == UPSERT:
+                _fold_upserts(net, images, key_of)
+            else:
+                _fold_deletes(net, images, key_of, keep_before)
+
+
+def _fold_upserts(net: dict[Hashable, Any], images: list[Image], key_of: KeyOf) -> None:
+    net.update(zip(map(key_of, images), images))
+
+
+def _fold_deletes(net: dict[Hashable, Any], befores: list[Image], key_of: KeyOf, keep_before: bool) -> None:
+    if keep_before:
+        net.update(zip(map(key_of, befores), map(gone, befores)))
+    else:
+        net.update(dict.fromkeys(map(key_of, befores)))
 
 
 def keyless_step(op: Op, rows: Sequence[Row]) -> tuple[str, list[Any]]:
