@@ -15,9 +15,14 @@ where per-key merging would not be exact:
 - a group whose columns or key differ from what the segment already holds for that
   table (an update that leaves out an unchanged TOAST value carries fewer columns).
 
-Those groups pass through unchanged, in their order.  Within a segment all deletes are
-written before all upserts: the keys differ, and a unique column freed by a delete can
-then be taken by another key's insert, as it was in production.
+Those groups pass through unchanged, in their order.  Within a segment each table's
+deletes are written before its upserts: the keys differ, and a unique column freed by a
+delete can then be taken by another key's insert, as it was in production.
+
+The per-key rule itself (a key change is delete-old plus upsert-new; which groups fold,
+which are barriers) is the sink's, ``applier.sinks.collapse.fold_keyed``: a window keeps
+the before image of a deleted key, so its result is plain ``TableChanges`` that cross a
+process boundary and that the sink folds again by the same rule.
 """
 from __future__ import annotations
 
@@ -26,14 +31,13 @@ import gc
 from operator import itemgetter
 from typing import Callable, Iterable, Iterator
 
+from applier.sinks.collapse import ROW_OPS, fold_keyed
 from applier.transaction import Transaction
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 
-_COLLAPSIBLE = (Op.INSERT, Op.SNAPSHOT, Op.UPDATE, Op.DELETE)
-
 
 class _Table:
-    """One table's net state within a segment: key -> (present, image)."""
+    """One table's net state within a segment: key -> last after image, or the delete Row."""
 
     __slots__ = ("name", "columns", "key", "key_of", "net")
 
@@ -42,43 +46,25 @@ class _Table:
         self.columns = group.columns
         self.key = group.key
         index = [group.columns.index(column) for column in group.key]
-        self.key_of: Callable = itemgetter(*index) if len(index) > 1 else _single(index[0])
+        self.key_of: Callable = itemgetter(*index)  # one index: the value itself, as the sink's keys
         self.net: dict = {}
 
     def fits(self, group: TableChanges) -> bool:
         return group.columns == self.columns and group.key == self.key
 
     def absorb(self, group: TableChanges) -> None:
-        net, key_of = self.net, self.key_of
-        op = group.op
-        if op is Op.DELETE:
-            for before, _ in group.rows:
-                net[key_of(before)] = (False, before)
-        elif op is Op.UPDATE:
-            for before, after in group.rows:
-                key = key_of(after)
-                if before is not None:
-                    old = key_of(before)
-                    if old != key:  # the key changed: the old key is gone
-                        net[old] = (False, before)
-                net[key] = (True, after)
-        else:
-            for _, after in group.rows:
-                net[key_of(after)] = (True, after)
+        fold_keyed(self.net, group.op, group.rows, self.key_of, keep_before=True)
 
     def groups(self) -> list[TableChanges]:
-        deleted = [Row(image, None) for present, image in self.net.values() if not present]
-        upserted = [Row(None, image) for present, image in self.net.values() if present]
+        net = self.net.values()
+        deleted = [entry for entry in net if type(entry) is Row]
+        upserted = [Row(None, entry) for entry in net if type(entry) is not Row]
         out = []
         if deleted:
             out.append(TableChanges(self.name, Op.DELETE, self.columns, self.key, deleted))
         if upserted:
             out.append(TableChanges(self.name, Op.INSERT, self.columns, self.key, upserted))
         return out
-
-
-def _single(i: int) -> Callable:
-    return lambda image: image[i]
 
 
 class _Segments:
@@ -89,7 +75,7 @@ class _Segments:
         self.out: list[TableChanges] = []
 
     def add(self, group: TableChanges) -> None:
-        if group.op not in _COLLAPSIBLE or not group.key:
+        if group.op not in ROW_OPS or not group.key:  # a barrier, or keyless
             self.flush()
             self.out.append(group)
             return

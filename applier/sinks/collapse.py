@@ -14,6 +14,10 @@ stretch before and the one after; and a table whose rows change column layout wh
 it has pending rows (a PostgreSQL row that leaves out an unchanged TOASTed value), since
 a partial image must not replace a whole one.
 
+``fold_keyed`` is the one definition of the per-key rule; drain windows
+(``applier.window``) fold with it too, keeping a deleted key's delete row.
+``ROW_OPS`` and ``BARRIERS`` say which groups fold and which are barriers, for both.
+
 Memory is proportional to the distinct keys of a stretch (plus keyless changes), not to
 the number of changes.  ``Ordered`` is the exact alternative: every change in source
 order, consecutive statements of one kind merged; the sink falls back to it when the
@@ -35,6 +39,8 @@ KeyOf = Callable[[Image], Hashable]
 _AFTER = itemgetter(1)
 _BEFORE = itemgetter(0)
 UPSERT_OPS = (Op.SNAPSHOT, Op.INSERT)
+ROW_OPS = (Op.SNAPSHOT, Op.INSERT, Op.UPDATE, Op.DELETE)  # row changes: these fold
+BARRIERS = (Op.DDL, Op.TRUNCATE)  # end a stretch, applied in order between the folded rows
 
 # Batch kinds, what a writer is asked to do with a list of items.
 UPSERT = "upsert"  # keyed: after images
@@ -93,25 +99,87 @@ def changed_key_rows(rows: Sequence[Row], key_of: KeyOf) -> list[int]:
 
 
 def keyed_steps(op: Op, rows: Sequence[Row], key_of: KeyOf) -> Iterator[tuple[str, list[Any]]]:
-    """A keyed group as (UPSERT, images) and (DELETE, keys) steps in order.
+    """A keyed group as (UPSERT, after images) and (DELETE, before images) steps in order:
+    an update that changes the key deletes the old key, then upserts the new one.
 
     Raises TypeError or IndexError for a malformed image, SinkError-free otherwise;
     ValueError for an operation without rows to apply.
     """
     if op == Op.DELETE:
-        yield DELETE, list(map(key_of, map(_BEFORE, rows)))
+        yield DELETE, list(map(_BEFORE, rows))
     elif op == Op.UPDATE:
         start = 0
         for i in changed_key_rows(rows, key_of):
             if i > start:
                 yield UPSERT, list(map(_AFTER, rows[start:i]))
-            yield DELETE, [key_of(rows[i].before)]
+            yield DELETE, [rows[i].before]
             start = i
         yield UPSERT, list(map(_AFTER, rows[start:]))
     elif op in UPSERT_OPS:
         yield UPSERT, list(map(_AFTER, rows))
     else:
         raise ValueError(f"unknown operation {op!r}")
+
+
+def gone(before: Image) -> Row:
+    """A deleted key's entry in a net that keeps before images: the delete row itself."""
+    return _new_row(Row, (before, None))
+
+
+_new_row = tuple.__new__  # a Row without the Python-level namedtuple constructor
+_SMALL = 16  # rows up to which a group is folded row by row: building lists costs more
+
+
+def fold_keyed(net: dict[Hashable, Any], op: Op, rows: Sequence[Row], key_of: KeyOf,
+               keep_before: bool = False) -> None:
+    """Fold a keyed group into ``net``: key -> the key's last after image, or for a deleted
+    key None (``keep_before``: the delete ``Row(before, None)``, see ``gone``; an image is
+    never a Row).  THE per-key rule of a net effect, for the sink's stretches and the
+    drains' windows alike; as ``keyed_steps`` applied in order.
+
+    Raises TypeError or IndexError for a malformed image (``net`` is then unusable),
+    ValueError for an operation that is not a row change.
+    """
+    if op in UPSERT_OPS:
+        if len(rows) <= _SMALL:
+            for _, after in rows:
+                net[key_of(after)] = after
+        else:
+            _fold_upserts(net, list(map(_AFTER, rows)), key_of)
+    elif op == Op.DELETE:
+        if len(rows) <= _SMALL and keep_before:
+            for row in rows:
+                net[key_of(row[0])] = row if type(row) is Row and row[1] is None else gone(row[0])
+        elif len(rows) <= _SMALL:
+            for before, _ in rows:
+                net[key_of(before)] = None
+        else:
+            _fold_deletes(net, list(map(_BEFORE, rows)), key_of, keep_before)
+    elif op == Op.UPDATE and len(rows) <= _SMALL:
+        for before, after in rows:
+            new = key_of(after)
+            if before is not None:
+                old = key_of(before)
+                if old != new:  # the key changed: the old key is gone
+                    net[old] = _new_row(Row, (before, None)) if keep_before else None
+            net[new] = after
+    else:
+        for kind, images in keyed_steps(op, rows, key_of):
+            if kind == UPSERT:
+                _fold_upserts(net, images, key_of)
+            else:
+                _fold_deletes(net, images, key_of, keep_before)
+
+
+def _fold_upserts(net: dict[Hashable, Any], images: list[Image], key_of: KeyOf) -> None:
+    net.update(zip(map(key_of, images), images))
+
+
+def _fold_deletes(net: dict[Hashable, Any], befores: list[Image], key_of: KeyOf, keep_before: bool) -> None:
+    if keep_before:
+        net.update(zip(map(key_of, befores), map(gone, befores)))
+    else:
+        net.update(dict.fromkeys(map(key_of, befores)))
 
 
 def keyless_step(op: Op, rows: Sequence[Row]) -> tuple[str, list[Any]]:
@@ -157,15 +225,7 @@ class Stretch:
             kind, items = keyless_step(group.op, group.rows)
             _append(net.keyless, plan, kind, items, txid, group.op == Op.SNAPSHOT)
             return
-        pending = net.rows
-        key_of = plan.key_of
-        if len(group.rows) == 1 and _add_one(pending, group.op, group.rows[0], key_of):
-            return
-        for kind, items in keyed_steps(group.op, group.rows, key_of):
-            if kind == UPSERT:
-                pending.update(zip(map(key_of, items), items))
-            else:
-                pending.update(dict.fromkeys(items))
+        fold_keyed(net.rows, group.op, group.rows, plan.key_of)
 
     def batches(self) -> tuple[list[Batch], list[Batch]]:
         """(deletes, the rest): every table's keyed deletes first, then its upserts and
@@ -190,26 +250,6 @@ class Stretch:
         return deletes, rest
 
 
-def _add_one(pending: dict[Hashable, Image | None], op: Op, row: Row, key_of: KeyOf) -> bool:
-    """The one-row group of an OLTP transaction, folded without building lists; as
-    ``keyed_steps`` would.  False for an operation it leaves to ``keyed_steps``."""
-    before, after = row
-    if op == Op.UPDATE:
-        new = key_of(after)
-        if before is not None:
-            old = key_of(before)
-            if old != new:
-                pending[old] = None
-        pending[new] = after
-    elif op == Op.DELETE:
-        pending[key_of(before)] = None
-    elif op in UPSERT_OPS:
-        pending[key_of(after)] = after
-    else:
-        return False
-    return True
-
-
 class Ordered:
     """Every change in source order; consecutive items of one kind for one plan and one
     transaction form one batch, so that an error names the transaction exactly."""
@@ -226,7 +266,9 @@ class Ordered:
             kind, items = keyless_step(group.op, group.rows)
             _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
             return
-        for kind, items in keyed_steps(group.op, group.rows, plan.key_of):
+        key_of = plan.key_of
+        for kind, images in keyed_steps(group.op, group.rows, key_of):
+            items = images if kind == UPSERT else list(map(key_of, images))
             _append(self._batches, plan, kind, items, txid, snapshot, same_txid=True)
 
     def batches(self) -> list[Batch]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from applier.sinks import collapse
 from applier.sinks.base import Writer, no_matching_row
-from applier.sinks.collapse import Batch, Ordered, Stretch
+from applier.sinks.collapse import BARRIERS, Batch, Ordered, Stretch
 from applier.sinks.state import StateWriter
 from applier.transaction import MirrorPosition, Transaction
 from funnel.errors import SinkError
@@ -29,7 +29,7 @@ from funnel.events import Op, TableChanges
 
 # What a malformed row image raises while we pick values out of it (a None image, a short row).
 _ROW_ERRORS = (TypeError, IndexError)
-_BARRIERS = (Op.DDL, Op.TRUNCATE)
+
 
 
 class _Replay(Exception):
@@ -136,7 +136,7 @@ class MirrorSink:
             txid = transaction.txid
             for batch in transaction.batches:
                 for group in batch.changes:
-                    if group.op in _BARRIERS:
+                    if group.op in BARRIERS:
                         self._flush(pending, exact)
                         self._recent.clear()
                         self._barrier(group, txid)

@@ -133,3 +133,64 @@ def test_memory_is_per_distinct_key() -> None:
         stretch.add("t", group(Op.UPDATE, *(upd([k, n], [k, n + 1]) for k in range(10))), KEYED, f"t{n}")
     _, rest = stretch.batches()
     assert rest[0].items == [[k, 1000] for k in range(10)] and rest[0].txids == "t0..t999"
+
+
+# -- the one per-key rule, shared by the sink's stretches and the drains' windows ------------------
+
+def random_keyed_groups(rng, count: int) -> list[TableChanges]:
+    """Groups of one- and many-row inserts, updates (some changing the key) and deletes."""
+    rows: dict[int, list] = {}
+    groups = []
+    for n in range(count):
+        size = rng.choice([1, 1, 3, 20])  # row by row, and in bulk
+        op = rng.choice([Op.INSERT, Op.SNAPSHOT]) if len(rows) < size else rng.choice(list(Op)[:4])
+        picked: list[Row] = []
+        for _ in range(size):
+            if op in (Op.INSERT, Op.SNAPSHOT):
+                image = [rng.randrange(40), f"v{n}"]
+                picked.append(Row(None, image))
+            else:
+                before = rows.pop(rng.choice(sorted(rows)))
+                image = [rng.choice([before[0], rng.randrange(40)]), f"u{n}"] if op == Op.UPDATE else None
+                picked.append(Row(before, image))
+            if image is not None:
+                rows[image[0]] = image
+        groups.append(group(op, *picked))
+    return groups
+
+
+@pytest.mark.parametrize("size", [1, 40])  # row by row, and in bulk
+def test_fold_keyed_keeps_before_images_only_when_asked(size: int) -> None:
+    from applier.sinks.collapse import fold_keyed
+    plain: dict = {}
+    kept: dict = {}
+    filler = [ins(k, "x") for k in range(100, 100 + size)]  # other keys, to reach the bulk path
+    for g in (group(Op.INSERT, ins(1, "a"), ins(2, "b"), *filler), group(Op.UPDATE, upd([1, "a"], [3, "a"]), *filler),
+              group(Op.DELETE, dele(2, "b"), *[dele(*row.after) for row in filler])):
+        fold_keyed(plain, g.op, g.rows, itemgetter(0))
+        fold_keyed(kept, g.op, g.rows, itemgetter(0), keep_before=True)
+    assert plain == {1: None, 2: None, 3: [3, "a"], **{k: None for k in range(100, 100 + size)}}
+    for k in range(100, 100 + size):
+        assert kept.pop(k) == Row([k, "x"], None)
+    assert kept == {1: Row([1, "a"], None), 2: Row([2, "b"], None), 3: [3, "a"]}
+    assert [type(v) is Row for v in kept.values()] == [True, True, False]
+
+
+def test_window_and_stretch_fold_by_the_same_rule() -> None:
+    """A drain window's net effect, folded again by the sink, is the sink's net of the raw groups."""
+    import random
+
+    from applier.transaction import Transaction
+    from applier.window import net_effect
+    from funnel.events import ChangeBatch, Kind
+
+    for seed in range(40):
+        groups = random_keyed_groups(random.Random(seed), 40)
+        transactions = [Transaction(str(i), 0, Kind.CHANGES, i, i, [ChangeBatch("s", str(i), 0, 0, 0, 1, Kind.CHANGES, [g])])
+                        for i, g in enumerate(groups)]
+        windowed = [g for t in net_effect(transactions) for b in t.batches for g in b.changes]
+        direct = net(*[(g, KEYED, "t") for g in groups])
+        again = net(*[(g, KEYED, "t") for g in windowed])
+        assert sorted(map(repr, again)) == sorted(map(repr, direct)), seed
+        for g in windowed:  # a window's deletes keep whole before images
+            assert all(len(r.before) == 2 and r.after is None for r in g.rows if g.op == Op.DELETE)
