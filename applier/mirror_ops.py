@@ -191,7 +191,7 @@ def drain_window_rows() -> int:
         return ApplierOptions.drain_window_rows
     if not text.isdigit() or int(text) < 1:
         raise ConfigError(f"FUNNEL_DRAIN_WINDOW_ROWS={text!r} is not a positive number of rows",
-                          hint="unset it, or give e.g. 50000")
+                          hint="unset it, or give e.g. 10000")
     return int(text)
 
 
