@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from collections import Counter
 from typing import Iterable
+
+from tests.support.writer import until_stopped
 
 ACCOUNTS = 10
 INITIAL = 1000
@@ -59,16 +60,8 @@ def transfer(conn: sqlite3.Connection, rng: random.Random) -> int:
 def run(path: str, seconds: float, pause: float, seed: int) -> int:
     rng = random.Random(seed)
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
     last = 0
-    deadline = time.monotonic() + seconds
-    while not stop and time.monotonic() < deadline:
+    for _ in until_stopped(seconds):
         last = transfer(conn, rng)
         time.sleep(pause)
     conn.close()

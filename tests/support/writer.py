@@ -13,6 +13,7 @@ import random
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, v TEXT, amount REAL, payload BLOB);
@@ -29,19 +30,26 @@ def create_schema(path: str, counters: int = 10) -> None:
     conn.close()
 
 
+def until_stopped(seconds: float) -> Iterator[None]:
+    """The loop of a test writer process: yields until SIGTERM arrives or ``seconds`` passed,
+    so that a stopped writer ends between two of its transactions."""
+    stopped = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    deadline = time.monotonic() + seconds
+    while not stopped and time.monotonic() < deadline:
+        yield
+
+
 def write(path: str, seconds: float, tx_rows: int, pause: float, seed: int) -> int:
     rng = random.Random(seed)
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
     tx_count = conn.execute("SELECT coalesce(max(tx), 0) FROM events").fetchone()[0]
-    deadline = time.monotonic() + seconds
-    while not stop and time.monotonic() < deadline:
+    for _ in until_stopped(seconds):
         tx_count += 1
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO events (tx, v, amount, payload) VALUES (?, ?, ?, ?)",
