@@ -87,13 +87,18 @@ class PgBouncer:
                 os.kill(int(pidfile.read_text()), 15)
             except (OSError, ValueError):
                 self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
+            _wait_or_kill(self.process)
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+
+def _wait_or_kill(process: subprocess.Popen) -> None:
+    """Waits for a server asked to stop; one that does not within 30 s is killed."""
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
 
 class HAProxy:
     """HAProxy in TCP mode: frontend on ``port`` to backend ``be`` with one server ``db``
@@ -123,10 +128,6 @@ class HAProxy:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
+            _wait_or_kill(self.process)
             self.handle.close()
         shutil.rmtree(self.root, ignore_errors=True)
