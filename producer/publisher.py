@@ -27,7 +27,7 @@ from funnel.clock import now_us
 from funnel.codec import EventCodec
 from funnel.errors import CodecError, FunnelError
 from funnel.events import ChangeBatch, Kind, TableChanges
-from funnel.kafka import KafkaSettings, data_topic, kafka_error
+from funnel.kafka import KafkaSettings, data_topic, kafka_error, retry_transient
 from producer.sources.base import SourceTransaction
 
 TIMEOUT_S = 30.0
@@ -338,10 +338,11 @@ def last_published_position(kafka: KafkaSettings, funnel: str, source: str,
     consumer = Consumer(kafka.client(**{"group.id": f"timefunnel-tail-{uuid.uuid4().hex}",
                                         "enable.auto.commit": False, "isolation.level": "read_committed"}))
     try:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=TIMEOUT_S, cached=False)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"cannot read the tail of funnel {funnel!r}") from exc
+        # retried like every watermark read: a funnel created a moment ago may not have
+        # its partition leader yet (NOT_LEADER_FOR_PARTITION passes by itself)
+        low, high = retry_transient(
+            lambda: consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=TIMEOUT_S, cached=False),
+            f"cannot read the tail of funnel {funnel!r}")
         window = 64
         end = high
         while end > low:
