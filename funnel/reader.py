@@ -50,16 +50,20 @@ class Assembler:
 
     def add(self, msg: Message) -> TransactionSummary | None:
         """Raises CodecError for a message without timefunnel headers, FunnelError for interleaving."""
-        where = f"{self.topic}[{msg.partition()}] offset {msg.offset()}"
+        offset = msg.offset()
+
+        def where() -> str:  # only for an error: every message read passes here
+            return f"{self.topic}[{msg.partition()}] offset {offset}"
+
         meta = headers.decode(msg.headers(), where)
         txid = (msg.key() or b"").decode()
         if self.open is not None and self.open.txid != txid:
-            raise FunnelError(f"{where}: transaction {txid!r} starts before {self.open.txid!r} ended",
+            raise FunnelError(f"{where()}: transaction {txid!r} starts before {self.open.txid!r} ended",
                               hint="the funnel has a writer that is not a timefunnel producer")
         if self.open is None:
-            self.open = TransactionSummary(txid, meta.commit_ts, meta.kind, msg.offset(), msg.offset())
+            self.open = TransactionSummary(txid, meta.commit_ts, meta.kind, offset, offset)
         summary = self.open
-        summary.last_offset = msg.offset()
+        summary.last_offset = offset
         summary.rows += meta.rows
         summary.events += 1
         if self.keep_payloads:
