@@ -230,6 +230,9 @@ def image_key(image: Image) -> Hashable:
     return key if _TAGGED_TYPES.isdisjoint(map(type, key)) else _Tagged(key)
 
 
+_ONE_IMAGE = {Op.INSERT: 1, Op.SNAPSHOT: 1, Op.DELETE: 0}  # the image a one-row group counts
+
+
 def fold_keyless(counts: dict[Hashable, int], op: Op, rows: Sequence[Row]) -> bool:
     """Fold a keyless group into ``counts``: image key -> net copies, +1 per after image,
     -1 per before image.  THE multiset rule of a net effect, for the sink's stretches and
@@ -239,6 +242,14 @@ def fold_keyless(counts: dict[Hashable, int], op: Op, rows: Sequence[Row]) -> bo
     without hash, a missing image): apply that group in order instead.  Raises
     ValueError for an operation that is not a row change.
     """
+    if len(rows) == 1 and op in _ONE_IMAGE:  # an OLTP transaction's row: no Counter
+        try:
+            key = image_key(rows[0][_ONE_IMAGE[op]])
+            copies = counts.get(key, 0)
+        except TypeError:
+            return False
+        counts[key] = copies + (1 if op in UPSERT_OPS else -1)
+        return True
     if op in UPSERT_OPS:
         plus, minus = map(_AFTER, rows), ()
     elif op == Op.DELETE:
