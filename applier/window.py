@@ -5,15 +5,18 @@ database transaction with the position after it.  Nobody can see the states betw
 the window's transactions, so only the window's end state matters: for a keyed table
 each key ends either present with its last after image or deleted.  Writing that state
 instead of every change is exact because both sinks upsert whole images and delete by
-key, both idempotent.
+key, both idempotent.  A keyless table (a multiset) ends with its rows plus the net
+copies of each image (``applier.sinks.collapse.fold_keyless``): a DELETE group of the
+images with fewer copies, which were all in the mirror before the window, then an
+INSERT group of those with more.
 
 Collapsing stops (the window is cut into segments, each collapsed on its own, in order)
-where per-key merging would not be exact:
+where merging would not be exact:
 
-- a keyless table (its rows are a multiset: a change matches one row equal to an image);
 - a schema change or a truncate (the rows before and after it live in other layouts);
 - a group whose columns or key differ from what the segment already holds for that
-  table (an update that leaves out an unchanged TOAST value carries fewer columns).
+  table (an update that leaves out an unchanged TOAST value carries fewer columns);
+- a keyless group with an image that cannot be counted (an unhashable value).
 
 Those groups pass through unchanged, in their order.  Within a segment each table's
 deletes are written before its upserts: the keys differ, and a unique column freed by a
@@ -31,7 +34,7 @@ import gc
 from operator import itemgetter
 from typing import Callable, Iterable, Iterator
 
-from applier.sinks.collapse import ROW_OPS, fold_keyed
+from applier.sinks.collapse import ROW_OPS, fold_keyed, fold_keyless, keyless_net
 from applier.transaction import Transaction
 from funnel.events import ChangeBatch, Kind, Op, Row, TableChanges
 
@@ -46,14 +49,16 @@ class _Table:
         self.columns = group.columns
         self.key = group.key
         index = [group.columns.index(column) for column in group.key]
-        self.key_of: Callable = itemgetter(*index)  # one index: the value itself, as the sink's keys
+        # One index: the value itself, as the sink's keys.  Keyless: unused.
+        self.key_of: Callable = itemgetter(*index) if index else tuple
         self.net: dict = {}
 
     def fits(self, group: TableChanges) -> bool:
         return group.columns == self.columns and group.key == self.key
 
-    def absorb(self, group: TableChanges) -> None:
+    def absorb(self, group: TableChanges) -> bool:
         fold_keyed(self.net, group.op, group.rows, self.key_of, keep_before=True)
+        return True
 
     def groups(self) -> list[TableChanges]:
         net = self.net.values()
@@ -67,6 +72,26 @@ class _Table:
         return out
 
 
+class _Keyless(_Table):
+    """A keyless table's net state within a segment: image -> net copies."""
+
+    __slots__ = ()
+
+    def absorb(self, group: TableChanges) -> bool:
+        return fold_keyless(self.net, group.op, group.rows)
+
+    def groups(self) -> list[TableChanges]:
+        deleted, inserted = keyless_net(self.net)
+        out = []
+        if deleted:
+            out.append(TableChanges(self.name, Op.DELETE, self.columns, self.key,
+                                    [Row(image, None) for image in deleted]))
+        if inserted:
+            out.append(TableChanges(self.name, Op.INSERT, self.columns, self.key,
+                                    [Row(None, image) for image in inserted]))
+        return out
+
+
 class _Segments:
     """Collects the window's groups into collapsed segments and pass-through groups, in order."""
 
@@ -75,17 +100,21 @@ class _Segments:
         self.out: list[TableChanges] = []
 
     def add(self, group: TableChanges) -> None:
-        if group.op not in ROW_OPS or not group.key:  # a barrier, or keyless
-            self.flush()
-            self.out.append(group)
+        if group.op not in ROW_OPS:  # a barrier
+            self.pass_through(group)
             return
         table = self.tables.get(group.table)
         if table is not None and not table.fits(group):
             self.flush()
             table = None
         if table is None:
-            table = self.tables[group.table] = _Table(group)
-        table.absorb(group)
+            table = self.tables[group.table] = _Table(group) if group.key else _Keyless(group)
+        if not table.absorb(group):  # a keyless image that cannot be counted: in order
+            self.pass_through(group)
+
+    def pass_through(self, group: TableChanges) -> None:
+        self.flush()
+        self.out.append(group)
 
     def flush(self) -> None:
         for table in self.tables.values():

@@ -6,19 +6,26 @@ left at the end of a *stretch* (the changes between two barriers, see below):
 
 * a keyed table: per key, the last image (upsert) or a delete.  An update that changes
   the key is a delete of the old key and an upsert of the new one;
-* a keyless table (a multiset): every change, in order, consecutive ones of one kind
-  merged into one batch -- two equal rows are two rows, so nothing collapses.
+* a keyless table (a multiset): per distinct row image its net count of copies, +1
+  for every after image (insert, snapshot, an update's after) and -1 for every before
+  image (delete, an update's before).  The end state is the mirror's rows plus that net;
+  since production's order was valid, every image with a negative count is in the
+  mirror before the stretch, so its copies are deleted first and the positive ones
+  inserted after, whatever the order in between.  An image that cannot be counted (an
+  unhashable value) sends its table back to every change in order for the rest of the
+  stretch, consecutive ones of one kind merged into one batch.
 
 Barriers end a stretch: schema changes and truncates, applied in order between the
 stretch before and the one after; and a table whose rows change column layout while
 it has pending rows (a PostgreSQL row that leaves out an unchanged TOASTed value), since
 a partial image must not replace a whole one.
 
-``fold_keyed`` is the one definition of the per-key rule; drain windows
-(``applier.window``) fold with it too, keeping a deleted key's delete row.
+``fold_keyed`` is the one definition of the per-key rule, ``fold_keyless`` of the
+multiset one; drain windows (``applier.window``) fold with them too, keeping a deleted
+key's delete row.
 ``ROW_OPS`` and ``BARRIERS`` say which groups fold and which are barriers, for both.
 
-Memory is proportional to the distinct keys of a stretch (plus keyless changes), not to
+Memory is proportional to the distinct keys and keyless images of a stretch, not to
 the number of changes.  ``Ordered`` is the exact alternative: every change in source
 order, consecutive statements of one kind merged; the sink falls back to it when the
 net effect trips a constraint that ordered replay may not (a secondary unique index or
@@ -26,6 +33,7 @@ a foreign key on the mirror).
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -79,7 +87,8 @@ class _TableNet:
     first_txid: str
     last_txid: str = ""
     rows: dict[Hashable, Image | None] = field(default_factory=dict)  # key -> last image, None: deleted
-    keyless: list[Batch] = field(default_factory=list)
+    keyless: list[Batch] = field(default_factory=list)  # a keyless table's changes in order
+    counts: dict[Hashable, int] | None = None  # a keyless table's net copies per image (fold_keyless)
     snapshot: bool = False
 
 
@@ -182,6 +191,99 @@ def _fold_deletes(net: dict[Hashable, Any], befores: list[Image], key_of: KeyOf,
         net.update(dict.fromkeys(map(key_of, befores)))
 
 
+class _Tagged:
+    """A row image holding floats or bools, counted by a key that tells apart what the
+    mirror stores differently although Python finds it equal: 1, 1.0 and True; 0.0 and
+    -0.0.  Every NaN is one value here, as on a PostgreSQL mirror."""
+
+    __slots__ = ("image", "_key", "_hash")
+
+    def __init__(self, image: tuple[Value, ...]) -> None:
+        self.image = image
+        self._key = tuple(_tag(value) for value in image)
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Tagged and self._key == other._key
+
+
+def _tag(value: Value) -> Hashable:
+    if type(value) is float:
+        return float, value.hex()
+    if type(value) is bool:
+        return bool, value
+    return value
+
+
+_TAGGED_TYPES = frozenset({float, bool})
+
+
+def image_key(image: Image) -> Hashable:
+    """The counting key of a keyless row image: the image as a tuple (see ``_Tagged``).
+
+    Raises TypeError for an image that is not a sequence.
+    """
+    key = tuple(image)
+    return key if _TAGGED_TYPES.isdisjoint(map(type, key)) else _Tagged(key)
+
+
+_ONE_IMAGE = {Op.INSERT: 1, Op.SNAPSHOT: 1, Op.DELETE: 0}  # the image a one-row group counts
+
+
+def fold_keyless(counts: dict[Hashable, int], op: Op, rows: Sequence[Row]) -> bool:
+    """Fold a keyless group into ``counts``: image key -> net copies, +1 per after image,
+    -1 per before image.  THE multiset rule of a net effect, for the sink's stretches and
+    the drains' windows alike (``keyless_net`` reads the result).
+
+    Returns False, leaving ``counts`` as it was, when an image cannot be counted (a value
+    without hash, a missing image): apply that group in order instead.  Raises
+    ValueError for an operation that is not a row change.
+    """
+    if len(rows) == 1 and op in _ONE_IMAGE:  # an OLTP transaction's row: no Counter
+        try:
+            key = image_key(rows[0][_ONE_IMAGE[op]])
+            copies = counts.get(key, 0)
+        except TypeError:
+            return False
+        counts[key] = copies + (1 if op in UPSERT_OPS else -1)
+        return True
+    if op in UPSERT_OPS:
+        plus, minus = map(_AFTER, rows), ()
+    elif op == Op.DELETE:
+        plus, minus = (), map(_BEFORE, rows)
+    elif op == Op.UPDATE:
+        plus, minus = map(_AFTER, rows), map(_BEFORE, rows)
+    else:
+        raise ValueError(f"unknown operation {op!r}")
+    try:
+        delta = Counter(map(image_key, plus))
+        delta.subtract(map(image_key, minus))
+    except TypeError:
+        return False
+    get = counts.get
+    for key, copies in delta.items():
+        counts[key] = get(key, 0) + copies
+    return True
+
+
+def keyless_net(counts: dict[Hashable, int]) -> tuple[list[Image], list[Image]]:
+    """(before images to delete, after images to insert) of ``counts``: each image as many
+    times as its net count says.  Write the deletes first: they are all in the mirror."""
+    deleted: list[Image] = []
+    inserted: list[Image] = []
+    for key, copies in counts.items():
+        if copies:
+            image = key.image if type(key) is _Tagged else key
+            if copies < 0:
+                deleted.extend([image] * -copies)
+            else:
+                inserted.extend([image] * copies)
+    return deleted, inserted
+
+
 def keyless_step(op: Op, rows: Sequence[Row]) -> tuple[str, list[Any]]:
     """A keyless group as one step.  Raises ValueError for an unknown operation."""
     if op == Op.DELETE:
@@ -217,19 +319,25 @@ class Stretch:
         """
         net = self._tables.get(table)
         if net is None:
-            net = self._tables[table] = _TableNet(plan, txid)
+            net = self._tables[table] = _TableNet(plan, txid, counts={} if plan.keyless else None)
         net.last_txid = txid
         if group.op == Op.SNAPSHOT:
             net.snapshot = True
-        if plan.keyless:
-            kind, items = keyless_step(group.op, group.rows)
-            _append(net.keyless, plan, kind, items, txid, group.op == Op.SNAPSHOT)
+        if not plan.keyless:
+            fold_keyed(net.rows, group.op, group.rows, plan.key_of)
             return
-        fold_keyed(net.rows, group.op, group.rows, plan.key_of)
+        if net.counts is not None:
+            if fold_keyless(net.counts, group.op, group.rows):
+                return
+            _keyless_batches(net, net.keyless, net.keyless)  # in order from here on
+            net.counts = None
+        kind, items = keyless_step(group.op, group.rows)
+        _append(net.keyless, plan, kind, items, txid, group.op == Op.SNAPSHOT)
 
     def batches(self) -> tuple[list[Batch], list[Batch]]:
-        """(deletes, the rest): every table's keyed deletes first, then its upserts and
-        keyless batches, tables in the order they first changed.  Empties the stretch.
+        """(deletes, the rest): every table's deletes first (keyed ones, and a keyless
+        table's net deletes), then its upserts and keyless inserts (or a keyless table's
+        changes in order), tables in the order they first changed.  Empties the stretch.
 
         Deletes go first so that a key freed in one table and taken in another never
         collides; what still collides on a mirror-only constraint is replayed in order.
@@ -237,17 +345,30 @@ class Stretch:
         deletes: list[Batch] = []
         rest: list[Batch] = []
         for net in self._tables.values():
+            if net.counts is not None:
+                _keyless_batches(net, deletes, rest)
+                continue
             if net.keyless:
                 rest.extend(net.keyless)
                 continue
-            gone = [key for key, image in net.rows.items() if image is None]
+            deleted = [key for key, image in net.rows.items() if image is None]
             images = [image for image in net.rows.values() if image is not None]
-            if gone:
-                deletes.append(Batch(net.plan, DELETE, gone, net.first_txid, net.last_txid))
+            if deleted:
+                deletes.append(Batch(net.plan, DELETE, deleted, net.first_txid, net.last_txid))
             if images:
                 rest.append(Batch(net.plan, UPSERT, images, net.first_txid, net.last_txid, net.snapshot))
         self._tables = {}
         return deletes, rest
+
+
+def _keyless_batches(net: _TableNet, deletes: list[Batch], inserts: list[Batch]) -> None:
+    """A keyless table's net copies as a DELETE_ONE batch (to ``deletes``) and an INSERT batch."""
+    deleted, inserted = keyless_net(net.counts)
+    net.counts = {}
+    if deleted:
+        deletes.append(Batch(net.plan, DELETE_ONE, list(map(gone, deleted)), net.first_txid, net.last_txid))
+    if inserted:
+        inserts.append(Batch(net.plan, INSERT, inserted, net.first_txid, net.last_txid, net.snapshot))
 
 
 class Ordered:

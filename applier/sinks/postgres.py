@@ -25,9 +25,13 @@ this writer one batch per table and kind:
   ``executemany`` (pipelined by psycopg);
 * deletes are one ``DELETE ... USING unnest(<one array per key column>)``;
 * keyless inserts are COPYed straight into the mirror table from ``copy_min_rows`` rows;
-  keyless updates and deletes change one row each (``postgres_sql``, Keyless tables);
+  keyless deletes from ``KEYLESS_COPY_MIN_ROWS`` rows are COPYed into a staging table
+  and deleted by one statement, k copies of an image deleting k equal rows
+  (``postgres_sql.delete_copies_sql``); fewer, and keyless updates, change one row
+  each (``postgres_sql``, Keyless tables);
 * in an exact replay (``MirrorSink``, after a mirror-only constraint refused the net
-  effect) every upsert and delete is one pipelined statement, in order.
+  effect, or a keyless delete found fewer rows than asked) every upsert and delete is
+  one pipelined statement, in order.
 
 A mirror table is described once; when an event has a column it lacks, the catalog is
 read again before failing, so a column the operator added while the applier runs is used.
@@ -60,6 +64,7 @@ from applier.sinks.postgres_sql import (
     copy_sql,
     create_stage_sql,
     create_state_table_sql,
+    delete_copies_sql,
     delete_keys_sql,
     delete_one_sql,
     delete_sql,
@@ -87,6 +92,10 @@ from funnel.urls import masked_password
 # INSERT ... SELECT (two more round trips).  Measured with bench/apply_postgres.py's
 # rows: executemany wins at 40 rows per commit (23k vs 20k rows/s), COPY at 60 (26k vs 20k).
 COPY_MIN_ROWS = 50
+
+# From this many keyless deletes one batch stages them and deletes with one statement
+# (one scan of the mirror table) instead of one statement, and one scan, per row.
+KEYLESS_COPY_MIN_ROWS = 16
 
 _POSITION_SELECT = position_select_sql()
 
@@ -287,9 +296,25 @@ class PostgresWriter:
             else:
                 cursor.executemany(plan.upsert, rows)
             self._nonempty.add(plan.target)
+        elif kind == collapse.DELETE_ONE and not exact and len(items) >= KEYLESS_COPY_MIN_ROWS:
+            return self._delete_copies(plan, items, cursor)
         else:
             return self._change_one_rows(plan, kind, items, cursor)
         return 0
+
+    def _delete_copies(self, plan: _Plan, rows: list[Any], cursor: psycopg.Cursor) -> int:
+        """Keyless deletes by one statement through a staging table (``delete_copies_sql``).
+
+        Returns how many before images matched no row.
+        """
+        project = plan.project or tuple
+        stage, delete = self._stage(plan, cursor)
+        if stage in self._staged:
+            cursor.execute(f"DELETE FROM {stage}")  # second batch of this table in one commit
+        self._staged.add(stage)
+        self._copy(cursor, copy_sql(stage, plan.layout.write_columns), [project(before) for before, _ in rows])
+        cursor.execute(delete)
+        return len(rows) - cursor.rowcount
 
     @staticmethod
     def _change_one_rows(plan: _Plan, kind: str, rows: list[Any], cursor: psycopg.Cursor) -> int:
@@ -336,7 +361,8 @@ class PostgresWriter:
         return False
 
     def _stage(self, plan: _Plan, cursor: psycopg.Cursor) -> tuple[str, str]:
-        """The staging table of a plan and its upsert statement, created on first use."""
+        """The staging table of a plan and its statement, created on first use: the upsert
+        of its rows, for a keyless table the delete of their copies."""
         stage_key = (plan.target, plan.layout)
         known = self._stages.get(stage_key)
         if known is None:
@@ -344,7 +370,8 @@ class PostgresWriter:
             # pg_temp: never one of the mirror's own tables, whatever the search_path.
             stage = f"pg_temp._timefunnel_stage_{self._stage_count}"
             cursor.execute(create_stage_sql(stage, plan.target, plan.layout))
-            known = self._stages[stage_key] = (stage, upsert_select_sql(plan.target, stage, plan.layout))
+            statement = (delete_copies_sql if plan.keyless else upsert_select_sql)(plan.target, stage, plan.layout)
+            known = self._stages[stage_key] = (stage, statement)
         return known
 
     # -- barriers -----------------------------------------------------------------------

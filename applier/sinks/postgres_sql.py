@@ -25,7 +25,8 @@ Events with an empty key come from a table without key (``applier.sinks.base.is_
 Its rows are a multiset: plain INSERTs (or COPY), and an update or delete changes the one
 row, picked by ``ctid``, whose written columns are all ``IS NOT DISTINCT FROM`` the before
 image, each parameter cast to the column's type (so a ``real`` compares as ``real``).
-Types without an equality operator (json, xml, geometric types) compare as text.  Such a
+Types without an equality operator (json, xml, geometric types) compare as text.
+Many deletes at once are staged and deleted by one statement (``delete_copies_sql``).  Such a
 mirror table must have no primary key: tables made by older versions, with every column
 as primary key (and so NOT NULL), are refused with the statements that fix them.  Those
 versions published every column as the key of a keyless table; such events are applied
@@ -352,6 +353,29 @@ def update_one_sql(table: str, layout: Layout) -> str:
         raise SinkError(f"table {table}: no column can be updated (identity columns GENERATED ALWAYS only)")
     assignments = ", ".join(f"{quote_ident(c)} = %s" for c in layout.update_columns)
     return f"UPDATE {table} SET {assignments} WHERE {_one_matching_row(table, layout)}"
+
+
+def delete_copies_sql(table: str, stage: str, layout: Layout) -> str:
+    """DELETE of one mirror row per staging row equal to it: k equal staging rows delete k
+    equal mirror rows (fewer if the mirror has fewer; compare the row count).
+
+    Rows compare by their text form, ``ROW(...)::text``: the staging table has the
+    mirror columns' types (``create_stage_sql``), so equal values print alike, NULL
+    prints as nothing and the comparison can hash.  That is never looser than the
+    one-row statements' ``IS NOT DISTINCT FROM`` (and what they do for types without
+    equality); it is stricter for values that are equal but print apart (0 and -0,
+    1.0 and 1.00, strings under a nondeterministic collation), which the sink then
+    replays row by row.  Equal mirror rows are numbered (``row_number``) so that each
+    image takes as many of them as it has staging copies.
+    """
+    names = ", ".join(quote_ident(c) for c in layout.write_columns)
+    mirror_names = ", ".join(f"m.{quote_ident(c)}" for c in layout.write_columns)
+    staged = f"SELECT ROW({names})::text AS image, count(*) AS copies FROM {stage} GROUP BY 1"
+    matched = (f"SELECT m.tableoid, m.ctid, s.copies, row_number() OVER (PARTITION BY s.image) AS n "
+               f"FROM {table} AS m JOIN ({staged}) AS s ON ROW({mirror_names})::text = s.image")
+    # (tableoid, ctid): ctid alone is not unique across the partitions of a partitioned table.
+    return (f"DELETE FROM {table} WHERE (tableoid, ctid) IN "
+            f"(SELECT tableoid, ctid FROM ({matched}) AS matched WHERE n <= copies)")
 
 
 def upsert_values_sql(table: str, layout: Layout) -> str:

@@ -12,7 +12,9 @@ before failing, so a column added to the mirror while the applier runs is found)
 
 A keyless source table (``applier.sinks.base.is_keyless``) is created without PRIMARY
 KEY and kept as a multiset: plain inserts, and updates and deletes of one row (by
-rowid) whose columns are all ``IS`` the before image.
+rowid) whose columns are all ``IS`` the before image; from ``KEYLESS_COPY_MIN_ROWS``
+deletes at once, the distinct images and their copies go to an indexed staging table
+and one statement deletes them all (``sqlite_sql.delete_copies_sql``).
 
 Not thread-safe: one applier thread owns a sink.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -32,10 +35,13 @@ from applier.sinks.collapse import Batch
 from applier.sinks.mirror import MirrorSink
 from applier.sinks.sqlite_sql import (
     CREATE_STATE_TABLE,
+    create_stage_sql,
     create_table_sql,
+    delete_copies_sql,
     delete_one_sql,
     delete_sql,
     insert_sql,
+    insert_stage_sql,
     key_indexes,
     mirror_table_name,
     position_select_sql,
@@ -77,6 +83,10 @@ _DB_ERRORS = (sqlite3.Error, OverflowError)
 
 _POSITION_SELECT = position_select_sql()
 
+# From this many keyless deletes one batch stages them and deletes with one statement
+# (one scan of the mirror table) instead of one statement, and one scan, per row.
+KEYLESS_COPY_MIN_ROWS = 16
+
 KeyOf = Callable[[Sequence[Value]], Any]
 
 
@@ -91,6 +101,7 @@ class _Plan:
     single_key: bool
     update: str | None = None  # keyless only: updates one row equal to the before image
     keyless: bool = False  # a field, not a property: read for every group of a call
+    stage: tuple[list[str], str, str, str] | None = None  # keyless: see SqliteWriter._delete_copies
 
 
 class SqliteWriter:
@@ -107,6 +118,8 @@ class SqliteWriter:
         self.path = self.where = os.fspath(path)
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Plan] = {}
         self._columns: dict[str, frozenset[str]] = {}  # mirror table -> lower-cased columns
+        # Staging tables by (mirror table, columns); never forgotten, so a name keeps its columns.
+        self._stages: dict[tuple[str, tuple[str, ...]], str] = {}
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -181,6 +194,8 @@ class SqliteWriter:
             self._conn.executemany(plan.delete, items)
         elif kind in (collapse.UPSERT, collapse.INSERT):
             self._conn.executemany(plan.upsert, items)
+        elif kind == collapse.DELETE_ONE and not exact and len(items) >= KEYLESS_COPY_MIN_ROWS:
+            return self._delete_copies(plan, items)
         else:
             if kind == collapse.UPDATE_ONE:
                 changed = self._conn.executemany(plan.update, [(*after, *before) for before, after in items])
@@ -189,6 +204,23 @@ class SqliteWriter:
             # Each keyless statement changes at most one row (LIMIT 1): the sum tells if all matched.
             return len(items) - changed.rowcount
         return 0
+
+    def _delete_copies(self, plan: _Plan, rows: list[Any]) -> int:
+        """Keyless deletes by one statement through a staging table (``delete_copies_sql``).
+
+        Counted in Python first: Python's equality is never looser than ``IS`` (1 == 1.0
+        in both), and where it is stricter (NaN) two entries take the same mirror row,
+        which is deleted once: the count then falls short and the sink replays in order.
+        Returns how many before images matched no row.
+        """
+        create, insert, delete, empty = plan.stage
+        for statement in create:  # IF NOT EXISTS: a rollback may have dropped it
+            self._conn.execute(statement)
+        self._conn.executemany(insert, [(*image, copies) for image, copies in Counter(
+            tuple(before) for before, _ in rows).items()])
+        deleted = self._conn.execute(delete).rowcount
+        self._conn.execute(empty)
+        return len(rows) - deleted
 
     def truncate(self, source_table: str, txid: str) -> None:
         table = mirror_table_name(source_table)
@@ -250,7 +282,8 @@ class SqliteWriter:
                 raise _keyless_with_primary_key(table, group.table, primary_key)
             return _Plan(table=table, upsert=insert_sql(table, group.columns),
                          delete=delete_one_sql(table, group.columns), key_of=tuple, single_key=False,
-                         update=update_one_sql(table, group.columns), keyless=True)
+                         update=update_one_sql(table, group.columns), keyless=True,
+                         stage=self._stage(table, group.columns))
         return _Plan(
             table=table,
             upsert=upsert_sql(table, group.columns, group.key),
@@ -258,6 +291,12 @@ class SqliteWriter:
             key_of=itemgetter(*key_index),
             single_key=len(key_index) == 1,
         )
+
+    def _stage(self, table: str, columns: Sequence[str]) -> tuple[list[str], str, str, str]:
+        """The staging table statements of a keyless layout: (create, insert, delete, empty)."""
+        stage = self._stages.setdefault((table, tuple(columns)), f"_timefunnel_stage_{len(self._stages) + 1}")
+        return (create_stage_sql(stage, columns), insert_stage_sql(stage, columns),
+                delete_copies_sql(table, stage, columns), f"DELETE FROM temp.{quote_ident(stage)}")
 
     def _check_columns(self, table: str, group: TableChanges) -> None:
         """Raises SinkError when the mirror table lacks an event column, even after reading it again."""

@@ -124,6 +124,38 @@ def update_one_sql(table: str, columns: Sequence[str]) -> str:
     return f"UPDATE {quote_ident(table)} SET {assignments} WHERE {_one_matching_row(table, columns)}"
 
 
+STAGE_COPIES = "_timefunnel_copies"  # the staging table's column of copies per image
+
+
+def create_stage_sql(stage: str, columns: Sequence[str]) -> list[str]:
+    """A connection-private staging table of distinct images (untyped, as mirror tables
+    are) and their number of copies, indexed on the images for ``delete_copies_sql``."""
+    names = column_list(columns)
+    return [f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(stage)} ({names}, {STAGE_COPIES})",
+            f"CREATE INDEX IF NOT EXISTS temp.{quote_ident(stage + '_images')} ON {quote_ident(stage)} ({names})"]
+
+
+def insert_stage_sql(stage: str, columns: Sequence[str]) -> str:
+    """INSERT of one image and its copies into the staging table."""
+    return insert_sql(stage, [*columns, STAGE_COPIES]).replace("INSERT INTO ", "INSERT INTO temp.", 1)
+
+
+def delete_copies_sql(table: str, stage: str, columns: Sequence[str]) -> str:
+    """DELETE of as many mirror rows equal to each staged image as its copies say (fewer
+    if the mirror has fewer; compare the row count).
+
+    Equal means ``IS`` for every column, as in the one-row statements (NULL IS NULL).
+    The mirror table is scanned once, each row looked up in the staging table's index
+    (CROSS JOIN fixes that order); equal mirror rows are numbered (``row_number``) so
+    that each image takes as many of them as it has copies.
+    """
+    condition = " AND ".join(f"m.{quote_ident(c)} IS s.{quote_ident(c)}" for c in columns)
+    matched = (f"SELECT m.rowid AS row, s.{STAGE_COPIES} AS copies, "
+               f"row_number() OVER (PARTITION BY s.rowid) AS n "
+               f"FROM {quote_ident(table)} AS m CROSS JOIN temp.{quote_ident(stage)} AS s ON {condition}")
+    return f"DELETE FROM {quote_ident(table)} WHERE rowid IN (SELECT row FROM ({matched}) WHERE n <= copies)"
+
+
 def truncate_sql(table: str) -> str:
     """Delete every row (SQLite's truncate optimisation applies to a DELETE without WHERE)."""
     return f"DELETE FROM {quote_ident(table)}"

@@ -82,14 +82,65 @@ def test_a_changed_key_and_a_freed_unique_value_end_exact(tmp_path: Path) -> Non
     assert each == net == {"items": [(3, "b"), (5, "a")], "notes": []}
 
 
-def test_keyless_rows_pass_through_unmerged_and_in_order(tmp_path: Path) -> None:
+def test_keyless_rows_fold_into_net_copies_of_each_image(tmp_path: Path) -> None:
     keyless = {"table": "notes", "key": ()}
     each, net, collapsed = apply_both_ways(tmp_path, [
-        tx("1", insert([1, "x"], [1, "x"], **keyless), insert([1, "a"])),
+        tx("1", insert([1, "x"], [1, "x"], [2, None], **keyless), insert([1, "a"])),
         tx("2", delete([1, "x"], **keyless), update(([1, "a"], [1, "b"]))),
-    ])
-    assert each == net == {"items": [(1, "b")], "notes": [(1, "x")]}
-    assert [g.table for g in collapsed[0].changes].count("notes") == 2
+        tx("3", update(([2, None], [2, "y"]), **keyless), insert([3, "z"], **keyless)),
+        tx("4", delete([3, "z"], **keyless))])
+    assert each == net == {"items": [(1, "b")], "notes": [(1, "x"), (2, "y")]}
+    notes = [(g.op, [tuple(r) for r in g.rows]) for g in collapsed[0].changes if g.table == "notes"]
+    assert notes == [(Op.INSERT, [(None, (1, "x")), (None, (2, "y"))])]
+
+
+def test_keyless_deletes_of_mirror_rows_come_first_and_windows_do_not_cut(tmp_path: Path) -> None:
+    keyless = {"table": "notes", "key": ()}
+    start = [tx("0", insert(*[[n % 3, "dup"] for n in range(30)], **keyless))]  # 10 copies of 3 images
+    history = [tx(str(n), insert([n, f"i{n}"]), delete([n % 3, "dup"], **keyless), insert([n, "new"], **keyless))
+               for n in range(1, 21)]
+    collapsed = net_effect(history)
+    assert len(collapsed) == 1 and [(g.table, g.op, len(g.rows)) for g in collapsed[0].changes] == [
+        ("items", Op.INSERT, 20), ("notes", Op.DELETE, 20), ("notes", Op.INSERT, 20)]
+    each, net, _ = apply_both_ways(tmp_path, start + history)
+    assert each == net and net["notes"].count((1, "dup")) == 3  # 10 copies, 7 deleted
+
+
+def test_keyless_images_that_cannot_be_counted_pass_through_in_order(tmp_path: Path) -> None:
+    keyless = {"table": "notes", "key": ()}
+    odd = TableChanges("notes", Op.INSERT, COLUMNS, [], [Row(None, [1, {"not": "hashable"}])])
+    collapsed = net_effect([tx("1", insert([1, "x"], **keyless)), tx("2", odd), tx("3", insert([2, "y"], **keyless))])
+    assert [(g.op, [tuple(r) for r in g.rows]) for g in collapsed[0].changes] == [
+        (Op.INSERT, [(None, (1, "x"))]), (Op.INSERT, [(None, [1, {"not": "hashable"}])]),
+        (Op.INSERT, [(None, (2, "y"))])]
+
+
+def test_random_keyless_histories_end_the_same_through_their_net_effect(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    keyless = {"table": "notes", "key": ()}
+    images = [[1, "a"], [1, None], [None, None], [2, "b"], [2.5, "c"], [-0.0, "z"], [0.0, "z"]]
+    for run in range(4):
+        rows: list[list] = []
+        transactions = []
+        for n in range(40):
+            groups = []
+            for _ in range(rng.randint(1, 3)):
+                if rows and rng.random() < 0.5:
+                    before = rows.pop(rng.randrange(len(rows)))
+                    if rng.random() < 0.5:
+                        groups.append(delete(before, **keyless))
+                    else:
+                        rows.append(list(rng.choice(images)))
+                        groups.append(update((before, rows[-1]), **keyless))
+                else:
+                    new = [list(rng.choice(images)) for _ in range(rng.choice([1, 20]))]
+                    rows.extend(map(list, new))
+                    groups.append(insert(*new, **keyless))
+            transactions.append(tx(str(n), *groups))
+        folder = tmp_path / str(run)
+        folder.mkdir()
+        each, net, _ = apply_both_ways(folder, transactions)
+        assert each["notes"] == net["notes"], run
 
 
 def test_a_group_with_other_columns_cuts_the_window_into_segments(tmp_path: Path) -> None:
