@@ -107,7 +107,7 @@ class KafkaFeed:
             "isolation.level": "read_committed", "auto.offset.reset": "error",
             # librdkafka prefetches up to 64 MiB per partition by default; the applier's
             # own buffer does the holding, so keep the prefetch small.
-            "queued.max.messages.kbytes": 16384, "fetch.max.bytes": 8 * 1024 * 1024,
+            "queued.max.messages.kbytes": 16384, "queued.min.messages": 50000, "fetch.max.bytes": 8 * 1024 * 1024,
         }))
 
     def assign(self, funnel_offset: int, control_offset: int) -> None:

@@ -89,7 +89,7 @@ class FunnelReader:
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             # librdkafka prefetches up to 64 MiB by default: a scan of a deep funnel (a
             # promote's plan) would hold that much in memory; a scan reads in order anyway.
-            "queued.max.messages.kbytes": 16384}))
+            "queued.max.messages.kbytes": 16384, "queued.min.messages": 50000}))
 
     def watermarks(self) -> tuple[int, int]:
         return retry_transient(lambda: self.consumer.get_watermark_offsets(self.partition, timeout=TIMEOUT_S,
