@@ -32,7 +32,6 @@ from producer.sources.postgres.pgoutput import (
     XLOGDATA_HEADER,
     Keepalive,
     decode_copy_message,
-    decode_message,
     lsn_to_text,
     standby_status_update,
 )
@@ -85,7 +84,7 @@ class StreamReader:
         """Reads until ``wanted`` transactions are ready or nothing more is waiting (or,
         inside a transaction, nothing more came for PARTIAL_TX_WAIT_S); True if any is ready."""
         # The hot loop of capture: one iteration per pgoutput message, so names are local.
-        ready, read, feed, take = self._ready, self._stream.read, self._assembler.feed, self._take
+        ready, read, feed, take = self._ready, self._stream.read, self._assembler.feed_raw, self._take
         deadline = None
         count = 0
         while len(ready) < wanted:
@@ -101,7 +100,7 @@ class StreamReader:
                 if data is None:
                     break
             if data[0] == 0x77:  # XLogData: one pgoutput message
-                tx = feed(decode_message(data, XLOGDATA_HEADER))
+                tx = feed(data, XLOGDATA_HEADER)
                 if tx is not None:
                     take(tx)
             else:
