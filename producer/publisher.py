@@ -37,6 +37,10 @@ RETRY_PAUSE_S = 0.2  # at least this long between two init_transactions calls of
 MAX_MESSAGE_BYTES = 900_000
 # What librdkafka reports when a newer producer with our transactional.id took over.
 _FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+# How many messages are produced between two polls of the producer's event queue: a poll
+# per message cost as much as the produce itself for small transactions, and nothing
+# waits on these events (delivery is checked by the commit, see _in_kafka_transaction).
+POLL_EVERY = 256
 
 
 class FencedError(FunnelError):
@@ -50,11 +54,19 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
     Table groups larger than a chunk are cut; ``seq`` counts rows from the start of
     the transaction so the applier knows when it holds all of it.
     """
+    return [batch for batch, _ in counted_chunks(tx, source, chunk_rows, kind)]
+
+
+def counted_chunks(tx: SourceTransaction, source: str, chunk_rows: int,
+                   kind: Kind = Kind.CHANGES) -> list[tuple[ChangeBatch, int]]:
+    """``chunk_transaction`` with each batch's row count, counted once here rather than
+    again by each step of publishing (for small transactions, counting cost as much as
+    encoding the rows)."""
     total = tx.row_count
     if total <= chunk_rows:
         # The common case, once per source transaction: one batch, nothing to cut, so
         # the groups go as they are (no copies; the loop below would make the same batch).
-        return [ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, 0, total, kind, list(tx.changes))]
+        return [(ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, 0, total, kind, list(tx.changes)), total)]
     batches: list[ChangeBatch] = []
     current: list[TableChanges] = []
     seq = filled = 0
@@ -83,7 +95,7 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
             start += take
     if current or not batches:
         seal()
-    return batches
+    return [(batch, batch.row_count) for batch in batches]
 
 
 class EventPublisher:
@@ -184,22 +196,22 @@ class EventPublisher:
     def publish(self, transactions: Iterable[SourceTransaction]) -> int:
         """Publish whole source transactions atomically; returns rows published."""
         return self._in_kafka_transaction(
-            batch for tx in transactions for batch in self._counted(chunk_transaction(tx, self.source, self.chunk_rows)))
+            chunk for tx in transactions for chunk in self._counted(counted_chunks(tx, self.source, self.chunk_rows)))
 
     def publish_snapshot(self, position: int, chunks: Iterable[TableChanges]) -> int:
         """Publish an initial copy (consistent at ``position``) and its end marker in one transaction."""
         commit_ts = self.clock()
         txid = f"snapshot-{position}"
 
-        def batches() -> Iterator[ChangeBatch]:
+        def batches() -> Iterator[tuple[ChangeBatch, int]]:
             seq = 0
             for group in chunks:
                 rows = len(group.rows)
                 # Each snapshot chunk stands alone (seq + rows == tx_rows): snapshot rows
                 # apply at once, so the applier never needs to hold the whole copy.
-                yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq + rows, Kind.SNAPSHOT, [group])
+                yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq + rows, Kind.SNAPSHOT, [group]), rows
                 seq += rows
-            yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq, Kind.SNAPSHOT_END, [])
+            yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq, Kind.SNAPSHOT_END, []), 0
             self.published_transactions += 1
 
         return self._in_kafka_transaction(batches())
@@ -207,24 +219,41 @@ class EventPublisher:
     def heartbeat(self, position: int) -> None:
         """Say that the source is idle but alive now, at ``position``."""
         ts = self.clock()
-        self._in_kafka_transaction([ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT, [])])
+        self._in_kafka_transaction([(ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT,
+                                                 []), 0)])
 
-    def _counted(self, batches: list[ChangeBatch]) -> list[ChangeBatch]:
+    def _counted(self, chunks: list[tuple[ChangeBatch, int]]) -> list[tuple[ChangeBatch, int]]:
         self.published_transactions += 1
-        return batches
+        return chunks
 
-    def _in_kafka_transaction(self, batches: Iterable[ChangeBatch]) -> int:
+    def _in_kafka_transaction(self, chunks: Iterable[tuple[ChangeBatch, int]]) -> int:
+        """Produces each (batch, its rows) as one message or more and commits them as one
+        Kafka transaction; returns the rows.  Raises FencedError, FunnelError, CodecError.
+
+        No message carries a delivery callback: a transactional producer's commit waits
+        for every message and fails if any of them failed (librdkafka's
+        ``commit_transaction``), so the commit is the one check, and the 2 callbacks per
+        message of small transactions (creating it, calling it) are saved.
+        """
         if not self._started:
             raise FunnelError("EventPublisher.start() must be called before publishing")
-        errors: list = []
-        rows = 0
+        rows = produced = 0
+        encode, produce = self.codec.encode, self._produce
         try:
             self._producer.begin_transaction()
-            for batch in batches:
-                for part, payload, part_rows in self._encode_fitting(batch):
-                    self._produce(part, payload, part_rows, errors)
-                    rows += part_rows
-                self._producer.poll(0)
+            for batch, batch_rows in chunks:
+                payload = encode(batch)
+                if len(payload) <= MAX_MESSAGE_BYTES:  # the common case, without the list of parts
+                    produce(batch, payload, batch_rows)
+                    produced += 1
+                else:
+                    for part, part_payload, part_rows in self._encode_fitting(batch, batch_rows, payload):
+                        produce(part, part_payload, part_rows)
+                        produced += 1
+                rows += batch_rows
+                if produced >= POLL_EVERY:
+                    self._producer.poll(0)
+                    produced = 0
             self._producer.commit_transaction(self.commit_timeout_s)
         except KafkaException as exc:
             self._abort_quietly()
@@ -232,40 +261,39 @@ class EventPublisher:
         except BaseException:
             self._abort_quietly()
             raise
-        if errors:
-            raise publish_error(KafkaException(errors[0]), f"publishing to funnel {self.funnel!r} failed")
         self.published_rows += rows
         return rows
 
-    def _produce(self, batch: ChangeBatch, payload: bytes, rows: int, errors: list) -> None:
+    def _produce(self, batch: ChangeBatch, payload: bytes, rows: int) -> None:
         """One message: ``payload`` is ``batch`` encoded, holding ``rows`` rows."""
         message_headers = batch_headers(batch, rows)
         while True:
             try:
                 self._producer.produce(self.topic, value=payload, key=batch.txid.encode(),
-                                       timestamp=batch.commit_ts // 1000, headers=message_headers,
-                                       on_delivery=lambda err, _m: err and errors.append(err))
+                                       timestamp=batch.commit_ts // 1000, headers=message_headers)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
         self.published_events += 1
         self.published_bytes += len(payload)
 
-    def _encode_fitting(self, batch: ChangeBatch) -> list[tuple[ChangeBatch, bytes, int]]:
-        """Encode a batch; halve it until each part fits in one Kafka message.
+    def _encode_fitting(self, batch: ChangeBatch, rows: int,
+                        payload: bytes | None = None) -> list[tuple[ChangeBatch, bytes, int]]:
+        """Encode a batch of ``rows`` rows (``payload`` if encoded already); halve it until
+        each part fits in one Kafka message.
 
         Returns (part, its payload, its rows) for each part: each message's headers must
         describe its own part (its rows, and whether it ends the transaction), not the
         batch it was cut from, or a reader would end the transaction at the first half.
         """
-        payload = self.codec.encode(batch)
-        rows = batch.row_count
+        if payload is None:
+            payload = self.codec.encode(batch)
         if len(payload) <= MAX_MESSAGE_BYTES or rows <= 1:
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise CodecError(f"a single row of {batch.changes[0].table!r} encodes to {len(payload)} bytes, "
                                  f"more than a Kafka message holds ({MAX_MESSAGE_BYTES})")
             return [(batch, payload, rows)]
-        return [part for half in split_batch(batch) for part in self._encode_fitting(half)]
+        return [part for half in split_batch(batch) for part in self._encode_fitting(half, half.row_count)]
 
     def _abort_quietly(self) -> None:
         try:
