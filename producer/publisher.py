@@ -18,6 +18,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -25,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from funnel import headers
 from funnel.clock import now_us
 from funnel.codec import EventCodec
-from funnel.errors import CodecError, FunnelError
+from funnel.errors import CodecError, FunnelError, TimeFunnelError
 from funnel.events import ChangeBatch, Kind, TableChanges
 from funnel.kafka import KafkaSettings, data_topic, kafka_error, retry_transient
 from producer.sources.base import SourceTransaction
@@ -45,6 +47,47 @@ POLL_EVERY = 256
 
 class FencedError(FunnelError):
     """A newer capture of the same source (same funnel and source name) took over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Whole source transactions as their messages, encoded but not sent (EventPublisher.encode)."""
+
+    messages: list[tuple[ChangeBatch, bytes, int]]  # (batch, payload, rows)
+    transactions: int
+    rows: int
+
+
+class PendingCommit:
+    """A Kafka transaction whose messages are produced and whose commit runs in the
+    background (EventPublisher.start_commit); ``wait`` says whether it committed."""
+
+    def __init__(self, publisher: EventPublisher, future: Future, encoded: Encoded) -> None:
+        self._publisher = publisher
+        self._future = future
+        self.encoded = encoded
+
+    def wait(self) -> int:
+        """Waits for the commit; returns the rows it published.
+
+        Raises FencedError or FunnelError when it failed; the transaction is then aborted.
+        """
+        publisher = self._publisher
+        try:
+            self._future.result()
+        except KafkaException as exc:
+            publisher._abort_quietly()
+            raise publish_error(exc, f"publishing to funnel {publisher.funnel!r} failed") from exc
+        except BaseException:
+            if self._future.done():  # never abort while the commit still runs: one call at a time
+                publisher._abort_quietly()
+            raise
+        finally:
+            if publisher._inflight is self and self._future.done():
+                publisher._inflight = None
+        publisher.published_rows += self.encoded.rows
+        publisher.published_transactions += self.encoded.transactions
+        return self.encoded.rows
 
 
 def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
@@ -119,6 +162,8 @@ class EventPublisher:
         self._producer = self._new_producer()
         self._started = False
         self._stop: threading.Event | None = None  # see stop_waits_on
+        self._committer: ThreadPoolExecutor | None = None  # runs start_commit's commits
+        self._inflight: PendingCommit | None = None  # the commit start_commit began, until waited for
 
     def _new_producer(self) -> Producer:
         return Producer(self.kafka.client(**{
@@ -178,6 +223,7 @@ class EventPublisher:
         returns holds every transaction that was committed and none that was not.
         Raises like :meth:`start`.
         """
+        self._forget_inflight()
         self._discard_producer()
         self._producer = self._new_producer()
         return self.start(timeout_s)
@@ -194,9 +240,59 @@ class EventPublisher:
 
     # -- publishing -----------------------------------------------------------
     def publish(self, transactions: Iterable[SourceTransaction]) -> int:
-        """Publish whole source transactions atomically; returns rows published."""
-        return self._in_kafka_transaction(
-            chunk for tx in transactions for chunk in self._counted(counted_chunks(tx, self.source, self.chunk_rows)))
+        """Publish whole source transactions atomically; returns rows published.
+        Raises FencedError, FunnelError, CodecError."""
+        return self.start_commit(self.encode(transactions)).wait()
+
+    def encode(self, transactions: Iterable[SourceTransaction]) -> Encoded:
+        """The messages of whole source transactions, encoded, nothing sent: it does not
+        touch the producer, so it may run while a commit is in flight (capture encodes
+        the next transactions meanwhile).  Raises CodecError."""
+        count = 0
+
+        def chunks() -> Iterator[tuple[ChangeBatch, int]]:
+            nonlocal count
+            for tx in transactions:
+                count += 1
+                yield from counted_chunks(tx, self.source, self.chunk_rows)
+
+        messages = list(self._encoded(chunks()))
+        return Encoded(messages, count, sum(rows for _, _, rows in messages))
+
+    def start_commit(self, encoded: Encoded) -> PendingCommit:
+        """Produces ``encoded`` in a new Kafka transaction and starts its commit in the
+        background; nothing else may use the producer until its ``wait`` returned.
+
+        Raises FencedError or FunnelError if the messages cannot be produced (the
+        transaction is then aborted), CodecError, RuntimeError while another commit is in flight.
+        """
+        self._produce_in_transaction(encoded.messages)
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timefunnel-commit")
+        future = self._committer.submit(self._producer.commit_transaction, self.commit_timeout_s)
+        self._inflight = PendingCommit(self, future, encoded)
+        return self._inflight
+
+    def _forget_inflight(self) -> None:
+        """After a failure elsewhere: lets a commit in flight end (its owner gave up on it)."""
+        pending = self._inflight
+        if pending is not None:
+            try:
+                pending.wait()
+            except TimeFunnelError:
+                pass  # aborted; the caller is restarting or closing the producer anyway
+            self._inflight = None
+
+    def _encoded(self, chunks: Iterable[tuple[ChangeBatch, int]]) -> Iterator[tuple[ChangeBatch, bytes, int]]:
+        """Each (batch, rows) as (batch, payload, rows), cut in parts where a batch does not fit
+        one message.  Raises CodecError."""
+        encode = self.codec.encode
+        for batch, rows in chunks:
+            payload = encode(batch)
+            if len(payload) <= MAX_MESSAGE_BYTES:  # the common case, without the list of parts
+                yield batch, payload, rows
+            else:
+                yield from self._encode_fitting(batch, rows, payload)
 
     def publish_snapshot(self, position: int, chunks: Iterable[TableChanges]) -> int:
         """Publish an initial copy (consistent at ``position``) and its end marker in one transaction."""
@@ -222,38 +318,12 @@ class EventPublisher:
         self._in_kafka_transaction([(ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT,
                                                  []), 0)])
 
-    def _counted(self, chunks: list[tuple[ChangeBatch, int]]) -> list[tuple[ChangeBatch, int]]:
-        self.published_transactions += 1
-        return chunks
-
     def _in_kafka_transaction(self, chunks: Iterable[tuple[ChangeBatch, int]]) -> int:
         """Produces each (batch, its rows) as one message or more and commits them as one
-        Kafka transaction; returns the rows.  Raises FencedError, FunnelError, CodecError.
-
-        No message carries a delivery callback: a transactional producer's commit waits
-        for every message and fails if any of them failed (librdkafka's
-        ``commit_transaction``), so the commit is the one check, and the 2 callbacks per
-        message of small transactions (creating it, calling it) are saved.
-        """
-        if not self._started:
-            raise FunnelError("EventPublisher.start() must be called before publishing")
-        rows = produced = 0
-        encode, produce = self.codec.encode, self._produce
+        Kafka transaction, encoding as it goes (an initial copy is never held whole);
+        returns the rows.  Raises FencedError, FunnelError, CodecError."""
+        rows = self._produce_in_transaction(self._encoded(chunks))
         try:
-            self._producer.begin_transaction()
-            for batch, batch_rows in chunks:
-                payload = encode(batch)
-                if len(payload) <= MAX_MESSAGE_BYTES:  # the common case, without the list of parts
-                    produce(batch, payload, batch_rows)
-                    produced += 1
-                else:
-                    for part, part_payload, part_rows in self._encode_fitting(batch, batch_rows, payload):
-                        produce(part, part_payload, part_rows)
-                        produced += 1
-                rows += batch_rows
-                if produced >= POLL_EVERY:
-                    self._producer.poll(0)
-                    produced = 0
             self._producer.commit_transaction(self.commit_timeout_s)
         except KafkaException as exc:
             self._abort_quietly()
@@ -262,6 +332,39 @@ class EventPublisher:
             self._abort_quietly()
             raise
         self.published_rows += rows
+        return rows
+
+    def _produce_in_transaction(self, messages: Iterable[tuple[ChangeBatch, bytes, int]]) -> int:
+        """Begins a Kafka transaction and produces (batch, payload, rows) messages into it;
+        returns the rows.  The caller commits.  Raises FencedError, FunnelError, CodecError,
+        the transaction aborted.
+
+        No message carries a delivery callback: a transactional producer's commit waits
+        for every message and fails if any of them failed (librdkafka's
+        ``commit_transaction``), so the commit is the one check, and the 2 callbacks per
+        message of small transactions (creating it, calling it) are saved.
+        """
+        if not self._started:
+            raise FunnelError("EventPublisher.start() must be called before publishing")
+        if self._inflight is not None:  # a bug: one Kafka transaction at a time
+            raise RuntimeError("a Kafka transaction is still committing: wait for it first")
+        rows = produced = 0
+        produce = self._produce
+        try:
+            self._producer.begin_transaction()
+            for batch, payload, batch_rows in messages:
+                produce(batch, payload, batch_rows)
+                rows += batch_rows
+                produced += 1
+                if produced >= POLL_EVERY:
+                    self._producer.poll(0)
+                    produced = 0
+        except KafkaException as exc:
+            self._abort_quietly()
+            raise publish_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
+        except BaseException:
+            self._abort_quietly()
+            raise
         return rows
 
     def _produce(self, batch: ChangeBatch, payload: bytes, rows: int) -> None:
@@ -303,6 +406,10 @@ class EventPublisher:
             pass  # the transaction times out on the broker; the next init_transactions fences it
 
     def close(self, timeout_s: float = TIMEOUT_S) -> None:
+        self._forget_inflight()
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
         if self._producer is not None:
             self._producer.flush(timeout_s)
 
