@@ -32,6 +32,7 @@ from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError, TimeFunnelError
 from funnel.records import CaptureStatus
 from funnel.timeparse import format_duration
+from producer.gc_pause import gc_paused
 from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, PendingCommit, now_us
 from producer.sources.base import SourceDisconnected, SourceStopped, SourceTransaction
 
@@ -260,6 +261,10 @@ class Capture:
         Raises FencedError, FunnelError (a failed commit of this step or the last),
         SourceError, CodecError.
         """
+        with gc_paused():  # see producer.gc_pause: a step makes a few containers per row, none in a cycle
+            return self._step(position, seal)
+
+    def _step(self, position: int, seal: bool) -> tuple[bool, int]:
         if seal:
             self.source.seal()
         transactions = self.source.transactions_after(position, self.options.groups_per_publish)

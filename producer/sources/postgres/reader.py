@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from funnel.errors import SourceError
+from producer.gc_pause import gc_paused
 from producer.sources.base import SourceTransaction
 from producer.sources.postgres.assembly import Assembler
 from producer.sources.postgres.pgoutput import (
@@ -62,12 +63,13 @@ class StreamReader:
 
     def transactions_after(self, position: int, limit: int) -> list[SourceTransaction]:
         found: list[SourceTransaction] = []
-        while len(found) < limit:
-            if not self._ready and not self._pump(limit - len(found)):
-                break
-            tx = self._ready.popleft()
-            if tx.position > position:  # the rest is already in the funnel
-                found.append(tx)
+        with gc_paused():  # see producer.gc_pause: a few containers per row, none in a cycle
+            while len(found) < limit:
+                if not self._ready and not self._pump(limit - len(found)):
+                    break
+                tx = self._ready.popleft()
+                if tx.position > position:  # the rest is already in the funnel
+                    found.append(tx)
         if found:
             self._returned = max(self._returned, found[-1].position)
         self._feedback_if_due()
