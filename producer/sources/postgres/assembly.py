@@ -276,7 +276,10 @@ class Assembler:
     def _add(self, plan: Plan, op: Op, columns: list[str], row: Row) -> None:
         group = self._group
         if group is None or group.op is not op or group.columns is not columns:
-            tx = self._open(op.value)
-            group = self._group = TableChanges(plan.table, op, columns, plan.key)
+            tx = self._tx
+            if tx is None:  # op.value only now: an enum's value is slow to read, once per group
+                self._open(op.value)
+            group = self._group = TableChanges(plan.table, op, columns, plan.key, [row])
             tx.changes.append(group)
-        group.rows.append(row)
+        else:
+            group.rows.append(row)
