@@ -14,7 +14,10 @@ For each, measured in the same run on the same WAL:
 * ``decode_rows_per_s``: PostgresSource alone (stream, decode, assemble; no Kafka);
 * ``baseline_peek_rows_per_s``: the server's own decoding rate, ``count(*)`` over
   ``pg_logical_slot_get_binary_changes`` with the same plugin and publication;
-* ``insert_rows_per_s``: the rate at which the workload committed the rows.
+* ``insert_rows_per_s``: the rate at which the workload committed the rows;
+* ``decode_cpu_us_per_row``, ``capture_cpu_us_per_row``: the CPU time this process
+  spent per row in each (librdkafka's threads included), steadier than the rates on a
+  machine shared with other work.
 
 ``snapshot_rows_per_s`` is the initial copy of the 100,000-row accounts table.
 PostgreSQL is ``FUNNEL_BENCH_POSTGRES`` (a superuser URL) or a private server made from
