@@ -14,7 +14,10 @@ For each, measured in the same run on the same WAL:
 * ``decode_rows_per_s``: PostgresSource alone (stream, decode, assemble; no Kafka);
 * ``baseline_peek_rows_per_s``: the server's own decoding rate, ``count(*)`` over
   ``pg_logical_slot_get_binary_changes`` with the same plugin and publication;
-* ``insert_rows_per_s``: the rate at which the workload committed the rows.
+* ``insert_rows_per_s``: the rate at which the workload committed the rows;
+* ``decode_cpu_us_per_row``, ``capture_cpu_us_per_row``: the CPU time this process
+  spent per row in each (librdkafka's threads included), steadier than the rates on a
+  machine shared with other work.
 
 ``snapshot_rows_per_s`` is the initial copy of the 100,000-row accounts table.
 PostgreSQL is ``FUNNEL_BENCH_POSTGRES`` (a superuser URL) or a private server made from
@@ -160,9 +163,10 @@ class Bench:
         return rows, time.perf_counter() - started
 
     def measure(self, end: int) -> dict[str, float]:
-        return {"baseline_peek_rows_per_s": self.peek(),
-                "decode_rows_per_s": self.decode(end),
-                "capture_rows_per_s": self.run_capture(end)}
+        figures = {"baseline_peek_rows_per_s": self.peek()}
+        figures["decode_rows_per_s"], figures["decode_cpu_us_per_row"] = self.decode(end)
+        figures["capture_rows_per_s"], figures["capture_cpu_us_per_row"] = self.run_capture(end)
+        return figures
 
     def peek(self) -> float:
         started = time.perf_counter()
@@ -172,21 +176,27 @@ class Bench:
             "'publication_names', %s)", (self.peek_slot, self.capture_source.publication)).fetchone()[0]
         return rows / (time.perf_counter() - started)
 
-    def decode(self, end: int) -> float:
-        rows, started = 0, time.perf_counter()
+    def decode(self, end: int) -> tuple[float, float]:
+        """(rows/s, CPU µs per row of this process)."""
+        rows, started, cpu = 0, time.perf_counter(), time.process_time()
         while self.decode_position <= end:
             batch = self.decode_source.transactions_after(self.decode_position, 200)
             if batch:
                 rows += sum(tx.row_count for tx in batch)
                 self.decode_position = batch[-1].position
                 self.decode_source.acknowledge(self.decode_position)
-        return (rows - 1) / (time.perf_counter() - started)  # minus the marker
+        rows -= 1  # the marker
+        return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e6
 
-    def run_capture(self, end: int) -> float:
+    def run_capture(self, end: int) -> tuple[float, float]:
+        """(rows/s, CPU µs per row of this process, librdkafka's threads included)."""
         rows_before, started = self.capture.publisher.published_rows, time.perf_counter()
+        cpu = time.process_time()
         while self.position <= end:
             _, self.position = self.capture.step(self.position, seal=False)
-        return (self.capture.publisher.published_rows - rows_before - 1) / (time.perf_counter() - started)
+        self.capture.settle()  # the last commit may still be in flight
+        rows = self.capture.publisher.published_rows - rows_before - 1  # minus the marker
+        return rows / (time.perf_counter() - started), (time.process_time() - cpu) / rows * 1e6
 
     def close(self) -> None:
         self.capture.close()
@@ -238,7 +248,7 @@ def main() -> None:
         # the same-run baseline: the server's own decoding of the same changes
         ratio = figures["capture_rows_per_s"] / figures["baseline_peek_rows_per_s"]
         for name, value in figures.items():
-            figures[name] = round(value)
+            figures[name] = round(value, 2) if name.endswith("_us_per_row") else round(value)
         figures["ratio_to_peek"] = round(ratio, 4)
     print(json.dumps({
         "bench": "capture_postgres", "target_rows_per_s": 30_000, "groups_per_publish": args.groups_per_publish,

@@ -49,13 +49,19 @@ def _write_strings(out: bytearray, texts: list[str]) -> None:
 
 def write_batch(out: bytearray, batch: ChangeBatch) -> None:
     """Append the v2 body of ``batch``. Raises CodecError for a bad value or enum."""
-    _write_str(out, batch.source)
+    source = _SOURCES.get(batch.source)
+    if source is None:
+        source = _encoded_source(batch.source)
+    out += source
     _write_str(out, batch.txid)
-    for name in _LONG_FIELDS:
-        try:
-            _write_long(out, getattr(batch, name))
-        except (OverflowError, TypeError) as exc:
-            raise CodecError(f"batch txid={batch.txid!r} has {name} {exc}") from exc
+    try:  # one message per small source transaction: the four longs without a loop
+        _write_long(out, batch.commit_ts)
+        _write_long(out, batch.position)
+        _write_long(out, batch.seq)
+        _write_long(out, batch.tx_rows)
+    except (OverflowError, TypeError):
+        _describe_bad_long(batch)
+        raise
     kind = KIND_INDEX.get(batch.kind)
     if kind is None:
         raise CodecError(
@@ -67,6 +73,30 @@ def write_batch(out: bytearray, batch: ChangeBatch) -> None:
         for group in batch.changes:
             _write_group(out, group)
     out.append(0)
+
+
+def _describe_bad_long(batch: ChangeBatch) -> None:
+    """Raises CodecError naming the first of the long fields that cannot be written."""
+    for name in _LONG_FIELDS:
+        try:
+            _write_long(bytearray(), getattr(batch, name))
+        except (OverflowError, TypeError) as exc:
+            raise CodecError(f"batch txid={batch.txid!r} has {name} {exc}") from exc
+
+
+# Encoded source names: a capture writes the same one into every message.
+_SOURCES: dict[str, bytes] = {}
+
+
+def _encoded_source(source: str) -> bytes:
+    """Raises AttributeError for a source that is not text (encode turns it into a CodecError)."""
+    out = bytearray()
+    _write_str(out, source)
+    if type(source) is str:
+        if len(_SOURCES) >= _MAX_TABLES:
+            _SOURCES.clear()
+        _SOURCES[source] = bytes(out)
+    return bytes(out)
 
 
 # Encoded group heads (table, op, columns, key) by table: OLTP transactions are many
@@ -89,7 +119,10 @@ def _write_group(out: bytearray, group: TableChanges) -> None:
     rows = group.rows
     if rows:
         width = len(group.columns)
-        _write_long(out, len(rows))
+        if len(rows) < 64:  # one byte, as _write_long would write it
+            out.append(len(rows) << 1)
+        else:
+            _write_long(out, len(rows))
         try:
             for before, after in rows:
                 if before is None:
@@ -158,7 +191,8 @@ def _write_image(out: bytearray, values: list[Value], width: int) -> None:
                     _write_long(out, n)
                 out += data
             elif kind is int:
-                if not LONG_MIN <= value <= LONG_MAX:
+                # LONG_MIN and LONG_MAX as literals: a constant is cheaper than a global here
+                if not -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
                     raise _BadValue(value)
                 append(LONG)
                 value = (value << 1) ^ (value >> 63)

@@ -12,6 +12,13 @@ transactional producer (which aborts what the old one left open), the tail read 
 the source re-read from its last acknowledged position.  It gives up only after
 ``give_up_after_s`` without success, or at once when a newer capture of the source fenced
 it (retrying would fence that one in turn).
+
+Pipelining: while a backlog is drained, the Kafka commit of one step runs in the
+background while the next step reads and encodes the following transactions; that
+step waits for the commit before it produces anything, and only then acknowledges the
+committed position to the source (``settle``).  So the source is never told more than
+Kafka committed, and a failed commit is met by the next step and ridden through like
+any other: what was read ahead is forgotten, and the source is rewound.
 """
 from __future__ import annotations
 
@@ -25,7 +32,8 @@ from funnel.control import ControlChannel, producer_key, table_key
 from funnel.errors import FunnelError, TimeFunnelError
 from funnel.records import CaptureStatus
 from funnel.timeparse import format_duration
-from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, now_us
+from producer.gc_pause import gc_paused
+from producer.publisher import TIMEOUT_S, EventPublisher, FencedError, PendingCommit, now_us
 from producer.sources.base import SourceDisconnected, SourceStopped, SourceTransaction
 
 log = logging.getLogger("timefunnel.capture")
@@ -108,6 +116,9 @@ class Capture:
         self._closing = False
         self._failed = False
         self._installed = False  # start() got as far as installing capture in the source
+        # The Kafka transaction committing in the background, and the last source
+        # transaction in it (see Pipelining in the module docstring).
+        self._pending: tuple[PendingCommit, SourceTransaction] | None = None
 
     def start(self) -> int:
         """Find the resume position, install capture, make the initial copy if the funnel has none.
@@ -194,6 +205,7 @@ class Capture:
         """
         if isinstance(failure, FencedError):
             raise failure
+        self._drop_pending()
         give_up = self.options.give_up_after_s
         deadline = time.monotonic() + give_up
         pause = RETRY_FIRST_S
@@ -243,26 +255,69 @@ class Capture:
     def step(self, position: int, seal: bool = True) -> tuple[bool, int]:
         """Seal, publish what is new, acknowledge; heartbeat when idle.
 
-        Returns (more sealed groups are waiting, new position).
+        Returns (more sealed groups are waiting, the position read up to).  With more
+        waiting, the commit of what this step published may still be in flight: the
+        next step, ``settle`` or ``close`` waits for it and acknowledges it.
+        Raises FencedError, FunnelError (a failed commit of this step or the last),
+        SourceError, CodecError.
         """
+        with gc_paused():  # see producer.gc_pause: a step makes a few containers per row, none in a cycle
+            return self._step(position, seal)
+
+    def _step(self, position: int, seal: bool) -> tuple[bool, int]:
         if seal:
             self.source.seal()
         transactions = self.source.transactions_after(position, self.options.groups_per_publish)
-        if transactions:
+        backlog = len(transactions) >= self.options.groups_per_publish
+        start_commit = getattr(self.publisher, "start_commit", None)
+        if transactions and start_commit is not None:
+            encoded = self.publisher.encode(transactions)  # while the last step's commit is in flight
+            self.settle()
+            self._pending = (start_commit(encoded), transactions[-1])
+            position = transactions[-1].position
+            if not backlog:  # nothing to read meanwhile: finish now
+                self.settle()
+        elif transactions:  # a publisher that commits in the foreground only
+            self.settle()
             self.publisher.publish(transactions)
             position = transactions[-1].position
-            self.source.acknowledge(position)
-            self._last_publish = time.monotonic()
-            now = self.clock()
-            self.stats.capture_lag_s = max(0.0, (now - transactions[-1].commit_ts) / 1e6)
-            self.stats.last_commit_ts = transactions[-1].commit_ts
-        elif time.monotonic() - self._last_publish >= self.options.heartbeat_interval_s:
-            self.publisher.heartbeat(position)
-            self._last_publish = time.monotonic()
-            self.stats.capture_lag_s = 0.0
-        self.stats.position = position
+            self._acknowledge(transactions[-1])
+        else:
+            self.settle()
+            if time.monotonic() - self._last_publish >= self.options.heartbeat_interval_s:
+                self.publisher.heartbeat(position)
+                self._last_publish = time.monotonic()
+                self.stats.capture_lag_s = 0.0
+                self.stats.position = position
         self._publish_status()
-        return len(transactions) >= self.options.groups_per_publish, position
+        return backlog, position
+
+    def settle(self) -> None:
+        """Waits for the Kafka transaction in flight, if any, then acknowledges its last
+        position to the source.  Raises FencedError or FunnelError if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            commit, last = pending
+            commit.wait()
+            self._acknowledge(last)
+
+    def _acknowledge(self, last: SourceTransaction) -> None:
+        """Kafka committed everything up to ``last``: the source may forget it."""
+        self.source.acknowledge(last.position)
+        self._last_publish = time.monotonic()
+        self.stats.capture_lag_s = max(0.0, (self.clock() - last.commit_ts) / 1e6)
+        self.stats.last_commit_ts = last.commit_ts
+        self.stats.position = last.position
+
+    def _drop_pending(self) -> None:
+        """After a failure: lets the commit in flight end, unacknowledged (the restart reads
+        the funnel's tail, and the rewound source skips what is there)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending[0].wait()
+            except TimeFunnelError as exc:
+                log.warning("the Kafka transaction in flight did not commit either: %s", exc)
 
     def interrupted_s(self) -> float:
         """Seconds spent retrying through the current outage; 0 while capture publishes."""
@@ -300,12 +355,23 @@ class Capture:
         self._closing = True  # the last status record says the capture stopped
         timeout = CLOSE_AFTER_FAILURE_S if self._failed else TIMEOUT_S
         try:
+            self._settle_quietly()
             self._publish_status(force=True)
             if self.control is not None:
                 self.control.close(timeout)
             self.publisher.close(timeout)
         finally:
             self.source.close()
+
+
+    def _settle_quietly(self) -> None:
+        """At close: the commit in flight is waited for and, if it committed, acknowledged;
+        a failure is only logged (the capture is ending; the next one resumes exactly)."""
+        try:
+            self.settle()
+        except TimeFunnelError as exc:
+            self._failed = True
+            log.warning("the last Kafka transaction of this capture did not commit: %s", exc)
 
 
 def _counting(chunks, stats: CaptureStats):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -25,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from funnel import headers
 from funnel.clock import now_us
 from funnel.codec import EventCodec
-from funnel.errors import CodecError, FunnelError
+from funnel.errors import CodecError, FunnelError, TimeFunnelError
 from funnel.events import ChangeBatch, Kind, TableChanges
 from funnel.kafka import KafkaSettings, data_topic, kafka_error, retry_transient
 from producer.sources.base import SourceTransaction
@@ -37,10 +39,55 @@ RETRY_PAUSE_S = 0.2  # at least this long between two init_transactions calls of
 MAX_MESSAGE_BYTES = 900_000
 # What librdkafka reports when a newer producer with our transactional.id took over.
 _FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+# How many messages are produced between two polls of the producer's event queue: a poll
+# per message cost as much as the produce itself for small transactions, and nothing
+# waits on these events (delivery is checked by the commit, see _in_kafka_transaction).
+POLL_EVERY = 256
 
 
 class FencedError(FunnelError):
     """A newer capture of the same source (same funnel and source name) took over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Whole source transactions as their messages, encoded but not sent (EventPublisher.encode)."""
+
+    messages: list[tuple[ChangeBatch, bytes, int]]  # (batch, payload, rows)
+    transactions: int
+    rows: int
+
+
+class PendingCommit:
+    """A Kafka transaction whose messages are produced and whose commit runs in the
+    background (EventPublisher.start_commit); ``wait`` says whether it committed."""
+
+    def __init__(self, publisher: EventPublisher, future: Future, encoded: Encoded) -> None:
+        self._publisher = publisher
+        self._future = future
+        self.encoded = encoded
+
+    def wait(self) -> int:
+        """Waits for the commit; returns the rows it published.
+
+        Raises FencedError or FunnelError when it failed; the transaction is then aborted.
+        """
+        publisher = self._publisher
+        try:
+            self._future.result()
+        except KafkaException as exc:
+            publisher._abort_quietly()
+            raise publish_error(exc, f"publishing to funnel {publisher.funnel!r} failed") from exc
+        except BaseException:
+            if self._future.done():  # never abort while the commit still runs: one call at a time
+                publisher._abort_quietly()
+            raise
+        finally:
+            if publisher._inflight is self and self._future.done():
+                publisher._inflight = None
+        publisher.published_rows += self.encoded.rows
+        publisher.published_transactions += self.encoded.transactions
+        return self.encoded.rows
 
 
 def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
@@ -50,11 +97,19 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
     Table groups larger than a chunk are cut; ``seq`` counts rows from the start of
     the transaction so the applier knows when it holds all of it.
     """
+    return [batch for batch, _ in counted_chunks(tx, source, chunk_rows, kind)]
+
+
+def counted_chunks(tx: SourceTransaction, source: str, chunk_rows: int,
+                   kind: Kind = Kind.CHANGES) -> list[tuple[ChangeBatch, int]]:
+    """``chunk_transaction`` with each batch's row count, counted once here rather than
+    again by each step of publishing (for small transactions, counting cost as much as
+    encoding the rows)."""
     total = tx.row_count
     if total <= chunk_rows:
         # The common case, once per source transaction: one batch, nothing to cut, so
         # the groups go as they are (no copies; the loop below would make the same batch).
-        return [ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, 0, total, kind, list(tx.changes))]
+        return [(ChangeBatch(source, tx.txid, tx.commit_ts, tx.position, 0, total, kind, list(tx.changes)), total)]
     batches: list[ChangeBatch] = []
     current: list[TableChanges] = []
     seq = filled = 0
@@ -83,7 +138,7 @@ def chunk_transaction(tx: SourceTransaction, source: str, chunk_rows: int,
             start += take
     if current or not batches:
         seal()
-    return batches
+    return [(batch, batch.row_count) for batch in batches]
 
 
 class EventPublisher:
@@ -107,6 +162,8 @@ class EventPublisher:
         self._producer = self._new_producer()
         self._started = False
         self._stop: threading.Event | None = None  # see stop_waits_on
+        self._committer: ThreadPoolExecutor | None = None  # runs start_commit's commits
+        self._inflight: PendingCommit | None = None  # the commit start_commit began, until waited for
 
     def _new_producer(self) -> Producer:
         return Producer(self.kafka.client(**{
@@ -166,6 +223,7 @@ class EventPublisher:
         returns holds every transaction that was committed and none that was not.
         Raises like :meth:`start`.
         """
+        self._forget_inflight()
         self._discard_producer()
         self._producer = self._new_producer()
         return self.start(timeout_s)
@@ -182,24 +240,74 @@ class EventPublisher:
 
     # -- publishing -----------------------------------------------------------
     def publish(self, transactions: Iterable[SourceTransaction]) -> int:
-        """Publish whole source transactions atomically; returns rows published."""
-        return self._in_kafka_transaction(
-            batch for tx in transactions for batch in self._counted(chunk_transaction(tx, self.source, self.chunk_rows)))
+        """Publish whole source transactions atomically; returns rows published.
+        Raises FencedError, FunnelError, CodecError."""
+        return self.start_commit(self.encode(transactions)).wait()
+
+    def encode(self, transactions: Iterable[SourceTransaction]) -> Encoded:
+        """The messages of whole source transactions, encoded, nothing sent: it does not
+        touch the producer, so it may run while a commit is in flight (capture encodes
+        the next transactions meanwhile).  Raises CodecError."""
+        count = 0
+
+        def chunks() -> Iterator[tuple[ChangeBatch, int]]:
+            nonlocal count
+            for tx in transactions:
+                count += 1
+                yield from counted_chunks(tx, self.source, self.chunk_rows)
+
+        messages = list(self._encoded(chunks()))
+        return Encoded(messages, count, sum(rows for _, _, rows in messages))
+
+    def start_commit(self, encoded: Encoded) -> PendingCommit:
+        """Produces ``encoded`` in a new Kafka transaction and starts its commit in the
+        background; nothing else may use the producer until its ``wait`` returned.
+
+        Raises FencedError or FunnelError if the messages cannot be produced (the
+        transaction is then aborted), CodecError, RuntimeError while another commit is in flight.
+        """
+        self._produce_in_transaction(encoded.messages)
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timefunnel-commit")
+        future = self._committer.submit(self._producer.commit_transaction, self.commit_timeout_s)
+        self._inflight = PendingCommit(self, future, encoded)
+        return self._inflight
+
+    def _forget_inflight(self) -> None:
+        """After a failure elsewhere: lets a commit in flight end (its owner gave up on it)."""
+        pending = self._inflight
+        if pending is not None:
+            try:
+                pending.wait()
+            except TimeFunnelError:
+                pass  # aborted; the caller is restarting or closing the producer anyway
+            self._inflight = None
+
+    def _encoded(self, chunks: Iterable[tuple[ChangeBatch, int]]) -> Iterator[tuple[ChangeBatch, bytes, int]]:
+        """Each (batch, rows) as (batch, payload, rows), cut in parts where a batch does not fit
+        one message.  Raises CodecError."""
+        encode = self.codec.encode
+        for batch, rows in chunks:
+            payload = encode(batch)
+            if len(payload) <= MAX_MESSAGE_BYTES:  # the common case, without the list of parts
+                yield batch, payload, rows
+            else:
+                yield from self._encode_fitting(batch, rows, payload)
 
     def publish_snapshot(self, position: int, chunks: Iterable[TableChanges]) -> int:
         """Publish an initial copy (consistent at ``position``) and its end marker in one transaction."""
         commit_ts = self.clock()
         txid = f"snapshot-{position}"
 
-        def batches() -> Iterator[ChangeBatch]:
+        def batches() -> Iterator[tuple[ChangeBatch, int]]:
             seq = 0
             for group in chunks:
                 rows = len(group.rows)
                 # Each snapshot chunk stands alone (seq + rows == tx_rows): snapshot rows
                 # apply at once, so the applier never needs to hold the whole copy.
-                yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq + rows, Kind.SNAPSHOT, [group])
+                yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq + rows, Kind.SNAPSHOT, [group]), rows
                 seq += rows
-            yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq, Kind.SNAPSHOT_END, [])
+            yield ChangeBatch(self.source, txid, commit_ts, position, seq, seq, Kind.SNAPSHOT_END, []), 0
             self.published_transactions += 1
 
         return self._in_kafka_transaction(batches())
@@ -207,24 +315,15 @@ class EventPublisher:
     def heartbeat(self, position: int) -> None:
         """Say that the source is idle but alive now, at ``position``."""
         ts = self.clock()
-        self._in_kafka_transaction([ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT, [])])
+        self._in_kafka_transaction([(ChangeBatch(self.source, f"heartbeat-{ts}", ts, position, 0, 0, Kind.HEARTBEAT,
+                                                 []), 0)])
 
-    def _counted(self, batches: list[ChangeBatch]) -> list[ChangeBatch]:
-        self.published_transactions += 1
-        return batches
-
-    def _in_kafka_transaction(self, batches: Iterable[ChangeBatch]) -> int:
-        if not self._started:
-            raise FunnelError("EventPublisher.start() must be called before publishing")
-        errors: list = []
-        rows = 0
+    def _in_kafka_transaction(self, chunks: Iterable[tuple[ChangeBatch, int]]) -> int:
+        """Produces each (batch, its rows) as one message or more and commits them as one
+        Kafka transaction, encoding as it goes (an initial copy is never held whole);
+        returns the rows.  Raises FencedError, FunnelError, CodecError."""
+        rows = self._produce_in_transaction(self._encoded(chunks))
         try:
-            self._producer.begin_transaction()
-            for batch in batches:
-                for part, payload, part_rows in self._encode_fitting(batch):
-                    self._produce(part, payload, part_rows, errors)
-                    rows += part_rows
-                self._producer.poll(0)
             self._producer.commit_transaction(self.commit_timeout_s)
         except KafkaException as exc:
             self._abort_quietly()
@@ -232,40 +331,72 @@ class EventPublisher:
         except BaseException:
             self._abort_quietly()
             raise
-        if errors:
-            raise publish_error(KafkaException(errors[0]), f"publishing to funnel {self.funnel!r} failed")
         self.published_rows += rows
         return rows
 
-    def _produce(self, batch: ChangeBatch, payload: bytes, rows: int, errors: list) -> None:
+    def _produce_in_transaction(self, messages: Iterable[tuple[ChangeBatch, bytes, int]]) -> int:
+        """Begins a Kafka transaction and produces (batch, payload, rows) messages into it;
+        returns the rows.  The caller commits.  Raises FencedError, FunnelError, CodecError,
+        the transaction aborted.
+
+        No message carries a delivery callback: a transactional producer's commit waits
+        for every message and fails if any of them failed (librdkafka's
+        ``commit_transaction``), so the commit is the one check, and the 2 callbacks per
+        message of small transactions (creating it, calling it) are saved.
+        """
+        if not self._started:
+            raise FunnelError("EventPublisher.start() must be called before publishing")
+        if self._inflight is not None:  # a bug: one Kafka transaction at a time
+            raise RuntimeError("a Kafka transaction is still committing: wait for it first")
+        rows = produced = 0
+        produce = self._produce
+        try:
+            self._producer.begin_transaction()
+            for batch, payload, batch_rows in messages:
+                produce(batch, payload, batch_rows)
+                rows += batch_rows
+                produced += 1
+                if produced >= POLL_EVERY:
+                    self._producer.poll(0)
+                    produced = 0
+        except KafkaException as exc:
+            self._abort_quietly()
+            raise publish_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
+        except BaseException:
+            self._abort_quietly()
+            raise
+        return rows
+
+    def _produce(self, batch: ChangeBatch, payload: bytes, rows: int) -> None:
         """One message: ``payload`` is ``batch`` encoded, holding ``rows`` rows."""
         message_headers = batch_headers(batch, rows)
         while True:
             try:
                 self._producer.produce(self.topic, value=payload, key=batch.txid.encode(),
-                                       timestamp=batch.commit_ts // 1000, headers=message_headers,
-                                       on_delivery=lambda err, _m: err and errors.append(err))
+                                       timestamp=batch.commit_ts // 1000, headers=message_headers)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
         self.published_events += 1
         self.published_bytes += len(payload)
 
-    def _encode_fitting(self, batch: ChangeBatch) -> list[tuple[ChangeBatch, bytes, int]]:
-        """Encode a batch; halve it until each part fits in one Kafka message.
+    def _encode_fitting(self, batch: ChangeBatch, rows: int,
+                        payload: bytes | None = None) -> list[tuple[ChangeBatch, bytes, int]]:
+        """Encode a batch of ``rows`` rows (``payload`` if encoded already); halve it until
+        each part fits in one Kafka message.
 
         Returns (part, its payload, its rows) for each part: each message's headers must
         describe its own part (its rows, and whether it ends the transaction), not the
         batch it was cut from, or a reader would end the transaction at the first half.
         """
-        payload = self.codec.encode(batch)
-        rows = batch.row_count
+        if payload is None:
+            payload = self.codec.encode(batch)
         if len(payload) <= MAX_MESSAGE_BYTES or rows <= 1:
             if len(payload) > MAX_MESSAGE_BYTES:
                 raise CodecError(f"a single row of {batch.changes[0].table!r} encodes to {len(payload)} bytes, "
                                  f"more than a Kafka message holds ({MAX_MESSAGE_BYTES})")
             return [(batch, payload, rows)]
-        return [part for half in split_batch(batch) for part in self._encode_fitting(half)]
+        return [part for half in split_batch(batch) for part in self._encode_fitting(half, half.row_count)]
 
     def _abort_quietly(self) -> None:
         try:
@@ -275,6 +406,10 @@ class EventPublisher:
             pass  # the transaction times out on the broker; the next init_transactions fences it
 
     def close(self, timeout_s: float = TIMEOUT_S) -> None:
+        self._forget_inflight()
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
         if self._producer is not None:
             self._producer.flush(timeout_s)
 

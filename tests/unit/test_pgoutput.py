@@ -25,6 +25,10 @@ from producer.sources.postgres.pgoutput import (
     Truncate,
     Update,
     XLogData,
+    change_relid,
+    decode_begin,
+    decode_change,
+    decode_commit,
     decode_copy_message,
     decode_message,
     decode_tuple,
@@ -218,3 +222,66 @@ def test_unchanged_is_a_singleton_that_survives_pickling():
     assert pickle.loads(pickle.dumps(UNCHANGED)) is UNCHANGED
     assert repr(UNCHANGED) == "UNCHANGED"
     assert UNCHANGED not in [b"", None, 0]
+
+
+# -- the capture's hot path: decode_change, decode_begin, decode_commit -------------
+
+def tagged(count: int) -> list:
+    """Converters that tag each value with its column number (to see which ran where)."""
+    return [lambda value, i=i: (i, bytes(value)) for i in range(count)]
+
+
+def converted(values):
+    return None if values is None else [v if v is None or v is UNCHANGED else (i, v) for i, v in enumerate(values)]
+
+
+ROW = tuple_data(text_col(b"17"), b"n", b"u")
+OLD = tuple_data(text_col(b"16"), text_col(b"old"), text_col(b"big"))
+
+
+@pytest.mark.parametrize("data", [
+    b"I" + struct.pack(">I", 7) + b"N" + ROW,
+    b"U" + struct.pack(">I", 7) + b"N" + ROW,
+    b"U" + struct.pack(">I", 7) + b"K" + OLD + b"N" + ROW,
+    b"U" + struct.pack(">I", 7) + b"O" + OLD + b"N" + ROW,
+    b"D" + struct.pack(">I", 7) + b"K" + OLD,
+    b"D" + struct.pack(">I", 7) + b"O" + OLD,
+])
+def test_decode_change_reads_what_decode_message_reads_converting_each_text_value(data):
+    message = decode_message(data)
+    framed = b"w" + b"\x00" * 24 + data
+    old_kind, old, new = decode_change(framed, XLOGDATA_HEADER, tagged(3))
+    assert change_relid(framed, XLOGDATA_HEADER) == message.relid == 7
+    assert old_kind == getattr(message, "old_kind", None)
+    assert old == converted(getattr(message, "old", None))
+    assert new == converted(getattr(message, "new", None))
+
+
+@pytest.mark.parametrize("data, error, match", [
+    (b"I" + struct.pack(">I", 1) + b"X" + ROW, PgOutputError, "expected submessage"),
+    (b"U" + struct.pack(">I", 1) + b"X" + ROW, PgOutputError, "expected submessage"),
+    (b"D" + struct.pack(">I", 1) + b"N" + ROW, PgOutputError, "without old key or row"),
+    (b"I" + struct.pack(">I", 1) + b"N" + ROW + b"\x00", PgOutputError, "trailing"),
+    (b"I" + struct.pack(">I", 1) + b"N" + tuple_data(b"b" + struct.pack(">i", 1) + b"\x01", b"n", b"n"),
+     PgOutputError, "binary"),
+    (b"I" + struct.pack(">I", 1) + b"N" + tuple_data(b"q", b"n", b"n"), PgOutputError, "unknown pgoutput column kind"),
+    (b"I" + struct.pack(">I", 1) + b"N" + struct.pack(">h", 3) + b"t" + struct.pack(">i", 10) + b"abc",
+     PgOutputError, "cut short"),
+    (b"I" + struct.pack(">I", 1) + b"N" + tuple_data(b"n", b"n"), ValueError, "2 values for 3 columns"),
+    (b"I" + struct.pack(">I", 1) + b"N" + struct.pack(">h", 3) + b"n", IndexError, None),
+])
+def test_decode_change_refuses_what_decode_message_refuses(data, error, match):
+    with pytest.raises(error, match=match):
+        decode_change(data, 0, tagged(3))
+
+
+def test_decode_begin_and_commit_read_what_decode_message_reads():
+    begin = b"B" + struct.pack(">QqI", 0x16_B374_D848, PG_US, 4_000_000_123)
+    commit = b"C" + b"\x00" + struct.pack(">QQq", 100, 148, PG_US)
+    assert decode_begin(begin, 0) == (0x16_B374_D848, UNIX_US, 4_000_000_123)
+    assert decode_commit(commit, 0) == (148, UNIX_US)
+    for data, decode in ((begin, decode_begin), (commit, decode_commit)):
+        with pytest.raises(PgOutputError, match="trailing"):
+            decode(data + b"\x00", 0)
+        with pytest.raises(struct.error):
+            decode(data[:-1], 0)

@@ -1,6 +1,13 @@
 """Transaction assembly (producer.sources.postgres.assembly) on hand-built pgoutput
-messages: no server, no I/O, the messages as ``pgoutput.decode_message`` returns them."""
+messages: no server, no I/O, the messages as ``pgoutput.decode_message`` returns them.
+
+Every test that feeds through ``feed_all``/``feed_one`` runs twice: once with the decoded
+messages (``Assembler.feed``), once with their bytes as the walsender sends them
+(``Assembler.feed_raw``, the capture's path), which must give the same transactions and errors."""
 from __future__ import annotations
+
+import struct
+import sys
 
 import pytest
 
@@ -9,7 +16,9 @@ from funnel.events import Op, Row
 from producer.sources.postgres.assembly import Assembler
 from producer.sources.postgres.catalog import ColumnInfo, TableInfo
 from producer.sources.postgres.pgoutput import (
+    PG_EPOCH_US,
     UNCHANGED,
+    XLOGDATA_HEADER,
     Begin,
     Commit,
     Delete,
@@ -17,10 +26,12 @@ from producer.sources.postgres.pgoutput import (
     Keepalive,
     LogicalMessage,
     Origin,
+    PgOutputError,
     Relation,
     RelationColumn,
     Truncate,
     Update,
+    decode_message,
 )
 
 INT4, INT8, TEXT, BOOL, BYTEA, FLOAT8, NUMERIC, DOMAIN = 23, 20, 25, 16, 17, 701, 1700, 90001
@@ -47,9 +58,71 @@ def commit(end_lsn: int = 0x1010, commit_ts: int = 2_000) -> Commit:
     return Commit(flags=0, commit_lsn=end_lsn - 0x10, end_lsn=end_lsn, commit_ts=commit_ts)
 
 
+RAW = False  # set by the ``path`` fixture: feed bytes through feed_raw
+
+
+@pytest.fixture(autouse=True, params=["decoded", "raw"])
+def path(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "RAW", request.param == "raw")
+    return request.param
+
+
+def feed_one(assembler: Assembler, message):
+    if not RAW:
+        return assembler.feed(message)
+    data = b"w" + struct.pack(">QQq", 0, 0, 0) + wire(message)  # XLogData framing, as the stream has it
+    return assembler.feed_raw(data, XLOGDATA_HEADER)
+
+
 def feed_all(assembler: Assembler, *messages):
     """The transactions the messages complete, in order."""
-    return [tx for tx in map(assembler.feed, messages) if tx is not None]
+    return [tx for tx in (feed_one(assembler, message) for message in messages) if tx is not None]
+
+
+def cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def tuple_bytes(values) -> bytes:
+    def column(value) -> bytes:
+        if value is None:
+            return b"n"
+        if value is UNCHANGED:
+            return b"u"
+        return b"t" + struct.pack(">i", len(value)) + value
+    return struct.pack(">h", len(values)) + b"".join(map(column, values))
+
+
+def wire(message) -> bytes:
+    """``message`` as pgoutput writes it (checked: decode_message reads it back)."""
+    if isinstance(message, Begin):
+        data = b"B" + struct.pack(">QqI", message.final_lsn, message.commit_ts - PG_EPOCH_US, message.xid)
+    elif isinstance(message, Commit):
+        data = b"C" + struct.pack(">BQQq", message.flags, message.commit_lsn, message.end_lsn,
+                                  message.commit_ts - PG_EPOCH_US)
+    elif isinstance(message, Origin):
+        data = b"O" + struct.pack(">Q", message.commit_lsn) + cstr(message.name)
+    elif isinstance(message, Relation):
+        data = (b"R" + struct.pack(">I", message.relid) + cstr(message.namespace) + cstr(message.name)
+                + message.replica_identity.encode() + struct.pack(">h", len(message.columns))
+                + b"".join(bytes([c.flags]) + cstr(c.name) + struct.pack(">Ii", c.type_oid, c.type_modifier)
+                           for c in message.columns))
+    elif isinstance(message, Insert):
+        data = b"I" + struct.pack(">I", message.relid) + b"N" + tuple_bytes(message.new)
+    elif isinstance(message, Update):
+        old = b"" if message.old is None else message.old_kind.encode() + tuple_bytes(message.old)
+        data = b"U" + struct.pack(">I", message.relid) + old + b"N" + tuple_bytes(message.new)
+    elif isinstance(message, Delete):
+        data = b"D" + struct.pack(">I", message.relid) + message.old_kind.encode() + tuple_bytes(message.old)
+    elif isinstance(message, Truncate):
+        data = (b"T" + struct.pack(">iB", len(message.relids), message.options)
+                + struct.pack(f">{len(message.relids)}I", *message.relids))
+    else:
+        assert isinstance(message, LogicalMessage)
+        data = (b"M" + bytes([message.transactional]) + struct.pack(">Q", message.lsn) + cstr(message.prefix)
+                + struct.pack(">i", len(message.content)) + message.content)
+    assert decode_message(data) == message
+    return data
 
 
 def test_a_transaction_is_returned_whole_at_its_commit_with_values_converted():
@@ -153,18 +226,18 @@ def test_a_column_added_later_is_read_by_its_own_type():
 
 def test_a_relation_that_lost_its_key_column_is_refused():
     assembler = Assembler({ORDERS: orders()})
-    assembler.feed(begin())
+    feed_one(assembler, begin())
     with pytest.raises(SourceError, match="lost its key column 'id'"):
-        assembler.feed(relation(columns=(("note", TEXT),)))
+        feed_one(assembler, relation(columns=(("note", TEXT),)))
 
 
 def test_a_malformed_value_names_the_table_and_the_transaction():
     assembler = Assembler({ORDERS: orders()})
     feed_all(assembler, begin(xid=4242), relation())
     with pytest.raises(SourceError, match=r"insert row of public.orders \(xid 4242\)"):
-        assembler.feed(Insert(ORDERS, [b"not a number", b"a", b"1"]))
+        feed_one(assembler, Insert(ORDERS, [b"not a number", b"a", b"1"]))
     with pytest.raises(SourceError, match=r"update row"):
-        assembler.feed(Update(ORDERS, None, None, [b"1", b"a"]))  # a value short
+        feed_one(assembler, Update(ORDERS, None, None, [b"1", b"a"]))  # a value short
 
 
 @pytest.mark.parametrize("messages, error", [
@@ -177,3 +250,11 @@ def test_messages_out_of_place_are_refused(messages, error):
     assembler = Assembler({ORDERS: orders()})
     with pytest.raises(SourceError, match=error):
         feed_all(assembler, *messages)
+
+
+def test_feed_raw_refuses_a_message_cut_short_as_malformed():
+    assembler = Assembler({ORDERS: orders()})
+    feed_all(assembler, begin(), relation())
+    data = b"w" + bytes(24) + wire(Insert(ORDERS, [b"1", b"a", b"1"]))
+    with pytest.raises(PgOutputError, match="malformed pgoutput 'I' message"):
+        assembler.feed_raw(data[:-3], XLOGDATA_HEADER)  # cut inside the last value's length

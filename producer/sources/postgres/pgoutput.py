@@ -332,6 +332,100 @@ def decode_tuple(data: bytes, pos: int) -> tuple[list[RawValue], int]:
     return values, pos
 
 
+# -- the hot path: row changes read and converted in one pass ------------------------
+# A capture of small transactions spends most of its time here: ``decode_message`` builds
+# a message object and a list of raw values for each change, which the assembler then
+# converts into a second list.  ``decode_change`` reads the same bytes with the same
+# checks but converts each value as it reads it, and builds no message object.
+
+_INSERT, _UPDATE, _DELETE, _NEW, _KEY, _OLD = 0x49, 0x55, 0x44, 0x4E, 0x4B, 0x4F
+
+
+def change_relid(data: bytes, start: int) -> int:
+    """The relation of the Insert, Update or Delete message at ``start`` (its type byte).
+    Raises struct.error if the message is too short."""
+    return _UINT32.unpack_from(data, start + 1)[0]
+
+
+def decode_change(data: bytes, start: int, converters: list) -> tuple[str | None, list | None, list | None]:
+    """The Insert, Update or Delete message at ``start`` as (old kind, old values, new
+    values), each text value passed through its column's converter as it is read; None
+    and ``UNCHANGED`` stay as they are.  The same message as ``decode_message`` reads.
+
+    Raises PgOutputError for a malformed message, ValueError for a tuple whose column
+    count is not ``len(converters)``, whatever a converter raises for a bad value, and
+    struct.error or IndexError for a message cut short.
+    """
+    kind = data[start]
+    pos = start + 5
+    old_kind = old = new = None
+    if kind != _INSERT and data[pos] in (_KEY, _OLD):
+        old_kind = chr(data[pos])
+        old, pos = decode_row(data, pos + 1, converters)
+    elif kind == _DELETE:
+        raise PgOutputError(f"pgoutput Delete without old key or row (submessage {chr(data[pos])!r})")
+    if kind != _DELETE:
+        if data[pos] != _NEW:
+            what = "Insert" if kind == _INSERT else "Update"
+            raise PgOutputError(f"pgoutput {what} expected submessage b'N', found {bytes(data[pos:pos + 1])!r}")
+        new, pos = decode_row(data, pos + 1, converters)
+    if pos != len(data):
+        raise PgOutputError(f"pgoutput {chr(kind)!r} message has {len(data) - pos} trailing bytes")
+    return old_kind, old, new
+
+
+def decode_row(data: bytes, pos: int, converters: list) -> tuple[list, int]:
+    """TupleData at ``pos`` converted as it is read (see ``decode_change``); the offset after it."""
+    (count,) = _INT16.unpack_from(data, pos)
+    if count != len(converters):
+        raise ValueError(f"{count} values for {len(converters)} columns")
+    pos += 2
+    size = len(data)
+    values: list = []
+    append = values.append
+    unpack = _INT32.unpack_from
+    for convert in converters:
+        kind = data[pos]
+        if kind == 0x74:  # 't': text
+            (length,) = unpack(data, pos + 1)
+            pos += 5
+            end = pos + length
+            if end > size:
+                raise PgOutputError(f"pgoutput column value is cut short ({size - pos} of {length} bytes)")
+            append(convert(data[pos:end]))
+            pos = end
+        elif kind == 0x6E:  # 'n': null
+            append(None)
+            pos += 1
+        elif kind == 0x75:  # 'u': unchanged TOASTed value, not sent
+            append(UNCHANGED)
+            pos += 1
+        elif kind == 0x62:  # 'b'
+            raise PgOutputError("pgoutput sent a column in binary format, but capture reads text",
+                                hint="do not set the 'binary' option on the slot's stream")
+        else:
+            raise PgOutputError(f"unknown pgoutput column kind {chr(kind)!r}")
+    return values, pos
+
+
+def decode_begin(data: bytes, start: int) -> tuple[int, int, int]:
+    """The Begin message at ``start`` as (final LSN, commit time, xid), without a Begin object.
+    Raises PgOutputError for a message of the wrong length, struct.error if too short."""
+    final_lsn, ts, xid = _BEGIN.unpack_from(data, start + 1)
+    if start + 1 + _BEGIN.size != len(data):
+        raise PgOutputError(f"pgoutput 'B' message has {len(data) - start - 1 - _BEGIN.size} trailing bytes")
+    return final_lsn, ts + PG_EPOCH_US, xid
+
+
+def decode_commit(data: bytes, start: int) -> tuple[int, int]:
+    """The Commit message at ``start`` as (end LSN, commit time), without a Commit object.
+    Raises PgOutputError for a message of the wrong length, struct.error if too short."""
+    _, _, end_lsn, ts = _COMMIT.unpack_from(data, start + 1)
+    if start + 1 + _COMMIT.size != len(data):
+        raise PgOutputError(f"pgoutput 'C' message has {len(data) - start - 1 - _COMMIT.size} trailing bytes")
+    return end_lsn, ts + PG_EPOCH_US
+
+
 def _string(data: bytes, pos: int) -> tuple[str, int]:
     """A NUL-terminated UTF-8 string at ``pos`` and the offset after its NUL."""
     end = data.index(b"\x00", pos)

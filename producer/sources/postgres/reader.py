@@ -26,13 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from funnel.errors import SourceError
+from producer.gc_pause import gc_paused
 from producer.sources.base import SourceTransaction
 from producer.sources.postgres.assembly import Assembler
 from producer.sources.postgres.pgoutput import (
     XLOGDATA_HEADER,
     Keepalive,
     decode_copy_message,
-    decode_message,
     lsn_to_text,
     standby_status_update,
 )
@@ -63,12 +63,13 @@ class StreamReader:
 
     def transactions_after(self, position: int, limit: int) -> list[SourceTransaction]:
         found: list[SourceTransaction] = []
-        while len(found) < limit:
-            if not self._ready and not self._pump(limit - len(found)):
-                break
-            tx = self._ready.popleft()
-            if tx.position > position:  # the rest is already in the funnel
-                found.append(tx)
+        with gc_paused():  # see producer.gc_pause: a few containers per row, none in a cycle
+            while len(found) < limit:
+                if not self._ready and not self._pump(limit - len(found)):
+                    break
+                tx = self._ready.popleft()
+                if tx.position > position:  # the rest is already in the funnel
+                    found.append(tx)
         if found:
             self._returned = max(self._returned, found[-1].position)
         self._feedback_if_due()
@@ -85,7 +86,7 @@ class StreamReader:
         """Reads until ``wanted`` transactions are ready or nothing more is waiting (or,
         inside a transaction, nothing more came for PARTIAL_TX_WAIT_S); True if any is ready."""
         # The hot loop of capture: one iteration per pgoutput message, so names are local.
-        ready, read, feed, take = self._ready, self._stream.read, self._assembler.feed, self._take
+        ready, read, feed, take = self._ready, self._stream.read, self._assembler.feed_raw, self._take
         deadline = None
         count = 0
         while len(ready) < wanted:
@@ -101,7 +102,7 @@ class StreamReader:
                 if data is None:
                     break
             if data[0] == 0x77:  # XLogData: one pgoutput message
-                tx = feed(decode_message(data, XLOGDATA_HEADER))
+                tx = feed(data, XLOGDATA_HEADER)
                 if tx is not None:
                     take(tx)
             else:
