@@ -15,6 +15,7 @@ of this source runs, and retrying would fence it in turn (:class:`FencedError`).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -323,14 +324,8 @@ class EventPublisher:
         Kafka transaction, encoding as it goes (an initial copy is never held whole);
         returns the rows.  Raises FencedError, FunnelError, CodecError."""
         rows = self._produce_in_transaction(self._encoded(chunks))
-        try:
+        with self._aborted_on_failure():
             self._producer.commit_transaction(self.commit_timeout_s)
-        except KafkaException as exc:
-            self._abort_quietly()
-            raise publish_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
-        except BaseException:
-            self._abort_quietly()
-            raise
         self.published_rows += rows
         return rows
 
@@ -350,7 +345,7 @@ class EventPublisher:
             raise RuntimeError("a Kafka transaction is still committing: wait for it first")
         rows = produced = 0
         produce = self._produce
-        try:
+        with self._aborted_on_failure():
             self._producer.begin_transaction()
             for batch, payload, batch_rows in messages:
                 produce(batch, payload, batch_rows)
@@ -359,13 +354,20 @@ class EventPublisher:
                 if produced >= POLL_EVERY:
                     self._producer.poll(0)
                     produced = 0
+        return rows
+
+    @contextlib.contextmanager
+    def _aborted_on_failure(self) -> Iterator[None]:
+        """Whatever fails inside aborts the Kafka transaction; librdkafka's errors become
+        FunnelError (FencedError when fenced)."""
+        try:
+            yield
         except KafkaException as exc:
             self._abort_quietly()
             raise publish_error(exc, f"publishing to funnel {self.funnel!r} failed") from exc
         except BaseException:
             self._abort_quietly()
             raise
-        return rows
 
     def _produce(self, batch: ChangeBatch, payload: bytes, rows: int) -> None:
         """One message: ``payload`` is ``batch`` encoded, holding ``rows`` rows."""
