@@ -2,9 +2,9 @@
 
 ``MirrorSink.apply`` applies whole source transactions and the position in ONE database
 transaction, fenced (``applier.sinks.state``).  Row changes are folded into their net
-effect per table and key, or per image for a keyless table (``applier.sinks.collapse``) between barriers -- schema changes
-(``applier.sinks.ddl``, through the writer) and truncates -- and each table's deletes and
-upserts reach the writer as one batch each.  Nothing in between is visible to anyone, so
+effect per table and key, or per image for a keyless table (``applier.sinks.collapse``),
+between barriers -- schema changes (``applier.sinks.ddl``, through the writer) and
+truncates -- and each table's deletes and upserts reach the writer as one batch each.  Nothing in between is visible to anyone, so
 the result is the result of ordered replay, with one exception the sink takes care of:
 a mirror-only constraint across rows (a secondary unique index, a foreign key) may
 refuse the net effect where the source's order passed, and a keyless delete of the net

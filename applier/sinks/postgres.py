@@ -308,13 +308,7 @@ class PostgresWriter:
         Returns how many before images matched no row.
         """
         project = plan.project or tuple
-        stage, delete = self._stage(plan, cursor)
-        if stage in self._staged:
-            cursor.execute(f"DELETE FROM {stage}")  # second batch of this table in one commit
-        self._staged.add(stage)
-        self._copy(cursor, copy_sql(stage, plan.layout.write_columns), [project(before) for before, _ in rows])
-        cursor.execute(delete)
-        return len(rows) - cursor.rowcount
+        return len(rows) - self._through_stage(plan, [project(before) for before, _ in rows], cursor)
 
     @staticmethod
     def _change_one_rows(plan: _Plan, kind: str, rows: list[Any], cursor: psycopg.Cursor) -> int:
@@ -334,17 +328,22 @@ class PostgresWriter:
         return len(rows) - cursor.rowcount
 
     def _copy_upsert(self, plan: _Plan, rows: list[Image], cursor: psycopg.Cursor) -> None:
-        columns = plan.layout.write_columns
         if not self._has_rows(plan.target, cursor):
             # An empty table and distinct keys: nothing can conflict, COPY straight in.
-            self._copy(cursor, copy_sql(plan.target, columns), rows)
+            self._copy(cursor, copy_sql(plan.target, plan.layout.write_columns), rows)
             return
-        stage, upsert = self._stage(plan, cursor)
+        self._through_stage(plan, rows, cursor)
+
+    def _through_stage(self, plan: _Plan, rows: list[Image], cursor: psycopg.Cursor) -> int:
+        """COPY ``rows`` into the plan's staging table and run its statement (``_stage``: the
+        upsert, or a keyless table's delete of copies); returns the rows it changed."""
+        stage, statement = self._stage(plan, cursor)
         if stage in self._staged:
             cursor.execute(f"DELETE FROM {stage}")  # second batch of this table in one commit
         self._staged.add(stage)
-        self._copy(cursor, copy_sql(stage, columns), rows)
-        cursor.execute(upsert)
+        self._copy(cursor, copy_sql(stage, plan.layout.write_columns), rows)
+        cursor.execute(statement)
+        return cursor.rowcount
 
     @staticmethod
     def _copy(cursor: psycopg.Cursor, sql: str, rows: list[Image]) -> None:
